@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    thespian_agent::cli_main()
+}
