@@ -4,6 +4,12 @@
 //! Rules: results go to stdout, progress and warnings to stderr. Progress bars and colour only when the
 //! stream is a terminal; `NO_COLOR` (any non-empty value) turns colour off.
 
+pub mod aws;
+pub mod fleet;
+pub mod local;
+pub mod probe;
+pub mod tunnel;
+
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 

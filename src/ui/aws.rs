@@ -1,0 +1,1 @@
+//! Rendering of the aws reports (tables and JSON).

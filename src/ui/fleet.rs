@@ -1,0 +1,1 @@
+//! Rendering of the fleet reports (tables and JSON).

@@ -1,0 +1,1 @@
+//! Rendering of the local reports (tables and JSON).

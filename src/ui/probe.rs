@@ -1,0 +1,1 @@
+//! Rendering of the probe reports (tables and JSON).

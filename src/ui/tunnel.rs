@@ -1,0 +1,1 @@
+//! Rendering of the tunnel reports (tables and JSON).
