@@ -319,6 +319,12 @@ pub struct ProbeArgs {
     #[arg(long)]
     pub connections: Option<u32>,
 
+    /// Open loop: at most this many requests outstanding. A request due while the cap is reached starts
+    /// as soon as one finishes (its latency still counts from its due time); one whose deadline passes
+    /// while it waits counts as DEADLINE_EXCEEDED. Nothing scheduled is dropped [default: 10000]
+    #[arg(long, requires = "rate")]
+    pub max_in_flight: Option<u32>,
+
     /// Gate: fail (exit 1) when more than this fraction of requests fail (0 = any error fails)
     #[arg(long, default_value_t = 0.0)]
     pub max_error_rate: f64,
