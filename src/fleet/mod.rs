@@ -3,6 +3,8 @@
 //!
 //! Nothing here knows about processes or AWS: targets consume the [`Plan`] this module produces.
 
+mod yaml;
+
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
