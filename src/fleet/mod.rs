@@ -3,6 +3,10 @@
 //!
 //! Nothing here knows about processes or AWS: targets consume the [`Plan`] this module produces.
 
+mod agent_config;
+mod config_file;
+mod diag;
+mod syntax;
 mod yaml;
 
 use std::path::PathBuf;
