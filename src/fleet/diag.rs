@@ -80,8 +80,16 @@ impl Diags {
         self.errors.push(d);
     }
 
-    pub fn warn(&mut self, pos: impl Into<Option<Pos>>, at: &str, message: impl Into<String>) {
-        let d = self.make(pos.into(), at, message.into());
+    /// An error in another file than this collector's (a call written in a `config_file`).
+    pub fn error_in(&mut self, file: &Path, pos: Option<Pos>, at: &str, message: impl Into<String>) {
+        let mut d = self.make(pos, at, message.into());
+        d.path = file.to_path_buf();
+        self.errors.push(d);
+    }
+
+    pub fn warn_in(&mut self, file: &Path, pos: Option<Pos>, at: &str, message: impl Into<String>) {
+        let mut d = self.make(pos, at, message.into());
+        d.path = file.to_path_buf();
         self.warnings.push(d);
     }
 
