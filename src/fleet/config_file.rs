@@ -47,13 +47,15 @@ pub fn parse(text: &str, diags: &mut Diags) -> Option<Config> {
             });
             let at = if at == "." { String::new() } else { at };
             let mut message = without_position(&inner);
-            if !at.is_empty() {
+            if at.is_empty() {
+                // Deeper errors name the field and what it expects; at the top, say what the file is.
+                message.push_str(
+                    "; the file must be a Thespian agent config: a JSON object with grpc_method_a, \
+                     grpc_method_b, grpc_method_c (each null or {\"tracing_name\", \"operations\"})",
+                );
+            } else {
                 message = format!("{at}: {message}");
             }
-            message.push_str(
-                "; the file must be a Thespian agent config (grpc_method_a/b/c, each null or \
-                 {\"tracing_name\", \"operations\"}); see docs/manifest.md",
-            );
             diags.error(pos, &at, message);
             None
         }

@@ -102,8 +102,9 @@ pub struct Checked {
     pub warnings: Vec<Diagnostic>,
 }
 
-/// A thespian as far as it could be read: validation still knows its name when its body is broken, so
-/// callers of a broken thespian do not also get "unknown thespian".
+/// A thespian as far as it could be read: validation still knows its name and declared methods when its
+/// body is broken, so callers of a broken thespian do not also get "unknown thespian", and calls out of
+/// a broken thespian are still checked.
 #[derive(Debug)]
 pub(super) struct Draft {
     pub name: String,
@@ -116,9 +117,12 @@ pub(super) struct Draft {
 #[derive(Debug)]
 pub(super) struct Behaviour {
     pub source: Source,
+    /// Deployable only when the manifest has no errors at all.
     pub config: Config,
     pub calls: Vec<CallSite>,
     pub external_calls: Vec<ExternalCall>,
+    /// The methods with a behaviour (even a broken one): what callers may call.
+    pub declared: Vec<GrpcMethod>,
 }
 
 /// Reads the manifest text (`path` is used for messages and to resolve `config_file:`).
@@ -461,15 +465,14 @@ fn thespian(
             }
         },
     };
-    let errors_before = diags.errors.len();
     let behaviour = match (fields.get("methods"), fields.get("config_file")) {
         (Some(methods), None) => {
-            let (config, calls) = compile_methods(name, methods, &join(at, "methods"), diags);
-            Some(Behaviour {
+            compile_methods(name, methods, &join(at, "methods"), diags).map(|compiled| Behaviour {
                 source: Source::Methods,
-                config,
-                calls,
+                config: compiled.config,
+                calls: compiled.calls,
                 external_calls: Vec::new(),
+                declared: compiled.declared,
             })
         }
         (None, Some(file)) => config_file_behaviour(file, &join(at, "config_file"), manifest, diags),
@@ -494,7 +497,6 @@ fn thespian(
             None
         }
     };
-    let behaviour = behaviour.filter(|_| diags.errors.len() == errors_before);
     (replicas, behaviour)
 }
 
@@ -528,11 +530,16 @@ fn config_file_behaviour(node: &Node, at: &str, manifest: &Path, diags: &mut Dia
     diags.absorb(file_diags);
     let config = config?;
     let (calls, external_calls) = config_calls(&config, &path);
+    let declared = GrpcMethod::ALL
+        .into_iter()
+        .filter(|m| config.method(*m).is_some())
+        .collect();
     Some(Behaviour {
         source: Source::ConfigFile(path),
         config,
         calls,
         external_calls,
+        declared,
     })
 }
 

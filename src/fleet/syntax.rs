@@ -52,16 +52,42 @@ pub struct CallSite {
     pub at: String,
 }
 
+/// A short scalar as written, for examples in messages.
+fn scalar_text(node: &Node) -> Option<String> {
+    let text = match &node.value {
+        Value::Str(s) => s.clone(),
+        Value::Int(i) => i.to_string(),
+        Value::Float(f) => f.to_string(),
+        _ => return None,
+    };
+    (text.len() <= 40 && !text.contains(['{', '}', ',', '\n'])).then_some(text)
+}
+
 /// The service address a call to `thespian` compiles to.
 pub fn service_address(thespian: &str) -> String {
     format!("http://{thespian}")
 }
 
-/// Compiles a thespian's `methods:` mapping. Problems go into `diags`; the result is only meaningful
-/// when none were added.
-pub fn compile_methods(thespian: &str, node: &Node, at: &str, diags: &mut Diags) -> (Config, Vec<CallSite>) {
-    let mut config = Config::default();
-    let mut calls = Vec::new();
+/// A thespian's compiled `methods:`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compiled {
+    /// Only deployable when no error was reported: broken steps are left out.
+    pub config: Config,
+    /// Every call whose target could be read, even in an otherwise broken step, so that callees are
+    /// checked in the same run.
+    pub calls: Vec<CallSite>,
+    /// The methods written with a behaviour (not null), broken or not.
+    pub declared: Vec<GrpcMethod>,
+}
+
+/// Compiles a thespian's `methods:` mapping. Problems go into `diags`. `None` when `methods` is not even
+/// a mapping (nothing is known about the thespian's methods).
+pub fn compile_methods(thespian: &str, node: &Node, at: &str, diags: &mut Diags) -> Option<Compiled> {
+    let mut compiled = Compiled {
+        config: Config::default(),
+        calls: Vec::new(),
+        declared: Vec::new(),
+    };
     let Some(entries) = node.as_map() else {
         diags.error(
             node.pos,
@@ -71,7 +97,7 @@ pub fn compile_methods(thespian: &str, node: &Node, at: &str, diags: &mut Diags)
                 node.kind()
             ),
         );
-        return (config, calls);
+        return None;
     };
     for (key, value) in entries {
         let at = join(at, &key.name);
@@ -89,16 +115,21 @@ pub fn compile_methods(thespian: &str, node: &Node, at: &str, diags: &mut Diags)
             diags.error(key.pos, &at, message);
             continue;
         };
+        if !value.is_null() {
+            compiled.declared.push(method);
+        }
         let mut compiler = Compiler {
             thespian,
             from: method,
             diags,
-            calls: &mut calls,
+            calls: &mut compiled.calls,
         };
         let function = compiler.method(value, &at);
-        config.set_method(method, function);
+        compiled.config.set_method(method, function);
     }
-    (config, calls)
+    compiled.declared.sort();
+    compiled.declared.dedup();
+    Some(compiled)
 }
 
 struct Compiler<'a> {
@@ -238,19 +269,23 @@ impl Compiler<'_> {
             .iter()
             .filter_map(|(k, v)| STEP_KINDS.iter().find(|s| **s == k.name).map(|s| (*s, k, v)))
             .collect();
-        for (key, _) in entries {
+        for (key, option_value) in entries {
             if STEP_KINDS.contains(&key.name.as_str()) {
                 continue;
             }
             let message = match (kinds.first(), key.name.as_str()) {
                 // `- sleep: 20ms\n  fail: 0.1`: options belong inside the step.
                 (
-                    Some((kind, _, _)),
+                    Some((kind, _, value)),
                     option @ ("fail" | "name" | "ms" | "timeout" | "retries" | "method" | "steps"),
                 ) => {
+                    let example = match (*kind, scalar_text(value), scalar_text(option_value)) {
+                        ("sleep", Some(ms), Some(v)) => format!("sleep: {{ms: {ms}, {option}: {v}}}"),
+                        _ => format!("{kind}: {{…, {option}: …}}"),
+                    };
                     format!(
-                        "`{option}` belongs inside the `{kind}` step: write `{kind}: {{…, {option}: …}}` \
-                         (a step has exactly one of {})",
+                        "`{option}` belongs inside the `{kind}` step: write `{example}` (a step has exactly \
+                         one of {})",
                         list(&STEP_KINDS)
                     )
                 }
@@ -364,7 +399,10 @@ impl Compiler<'_> {
         };
         let errors = self.diags.errors.len();
         let (thespian, method) = match &node.value {
-            Value::Str(target) => self.call_target(target, node.pos, at)?,
+            Value::Str(target) => match self.call_target(target, node.pos, at) {
+                Some((thespian, method)) => (Some(thespian), Some(method)),
+                None => (None, None),
+            },
             Value::Map(_) => {
                 let allowed = ["thespian", "method", "timeout", "retries", "fail", "name"];
                 let fields = self.diags.mapping(node, at, "call", &allowed)?;
@@ -405,7 +443,7 @@ impl Compiler<'_> {
                 if let Some(n) = fields.get("name") {
                     call.tracing_name = self.name(n, &join(at, "name"));
                 }
-                (thespian?, method?)
+                (thespian, method)
             }
             _ => {
                 self.diags.error(
@@ -420,6 +458,16 @@ impl Compiler<'_> {
                 return None;
             }
         };
+        let (thespian, method) = (thespian?, method?);
+        // Recorded even when an option is broken: the callee gets checked in the same run.
+        self.calls.push(CallSite {
+            from: self.from,
+            thespian: thespian.clone(),
+            method,
+            file: self.diags.file().to_path_buf(),
+            pos: Some(node.pos),
+            at: at.to_owned(),
+        });
         if self.diags.errors.len() != errors {
             return None;
         }
@@ -427,14 +475,6 @@ impl Compiler<'_> {
             .get_or_insert_with(|| format!("call {thespian}.{method}"));
         call.service_address = service_address(&thespian);
         call.grpc_method = method;
-        self.calls.push(CallSite {
-            from: self.from,
-            thespian,
-            method,
-            file: self.diags.file().to_path_buf(),
-            pos: Some(node.pos),
-            at: at.to_owned(),
-        });
         Some(call)
     }
 
@@ -646,7 +686,9 @@ mod tests {
     fn compile(yaml_text: &str) -> (Config, Vec<CallSite>, Vec<String>) {
         let node = yaml::parse(yaml_text).expect("valid YAML");
         let mut diags = Diags::new("m.yaml");
-        let (config, calls) = compile_methods("yorick", &node, "thespians.yorick.methods", &mut diags);
+        let compiled =
+            compile_methods("yorick", &node, "thespians.yorick.methods", &mut diags).expect("a mapping");
+        let (config, calls) = (compiled.config, compiled.calls);
         diags.errors.sort_by_key(|d| (d.line, d.column));
         let errors = diags.errors.iter().map(ToString::to_string).collect();
         (config, calls, errors)
@@ -759,7 +801,7 @@ mod tests {
             "B: {sleep: 1}\n",
         ));
         let expected = [
-            "m.yaml:3:5: `fail` belongs inside the `sleep` step",
+            "m.yaml:3:5: `fail` belongs inside the `sleep` step: write `sleep: {ms: 20ms, fail: 0.1}`",
             "m.yaml:4:27: fail is the chance that this step fails",
             "m.yaml:5:11: cannot call `gilbert.a`",
             "m.yaml:6:5: unknown key `slep` in a step; did you mean `sleep`?",
@@ -777,7 +819,9 @@ mod tests {
             assert!(got.starts_with(want), "got: {got}\nwant: {want}…");
         }
         assert_eq!(errors.len(), expected.len(), "{errors:#?}");
-        assert!(calls.is_empty(), "no call compiles from a broken step: {calls:?}");
+        // Calls whose target could be read are kept for the fleet-wide checks, even from broken steps.
+        let targets: Vec<_> = calls.iter().map(|c| c.thespian.as_str()).collect();
+        assert_eq!(targets, ["g"]);
     }
 
     #[test]

@@ -34,13 +34,10 @@ pub(super) fn fleet(drafts: &mut [Draft], diags: &mut Diags) {
     let defined: BTreeMap<String, Option<(Vec<GrpcMethod>, Source)>> = drafts
         .iter()
         .map(|d| {
-            let methods = d.behaviour.as_ref().map(|b| {
-                let methods = GrpcMethod::ALL
-                    .into_iter()
-                    .filter(|m| b.config.method(*m).is_some())
-                    .collect();
-                (methods, b.source.clone())
-            });
+            let methods = d
+                .behaviour
+                .as_ref()
+                .map(|b| (b.declared.clone(), b.source.clone()));
             (d.name.clone(), methods)
         })
         .collect();
@@ -127,12 +124,7 @@ fn report_cycles(drafts: &[Draft], diags: &mut Diags) {
     let existing: BTreeSet<MethodId> = drafts
         .iter()
         .filter_map(|d| Some((d, d.behaviour.as_ref()?)))
-        .flat_map(|(d, b)| {
-            GrpcMethod::ALL
-                .into_iter()
-                .filter(|m| b.config.method(*m).is_some())
-                .map(|m| (d.name.clone(), m))
-        })
+        .flat_map(|(d, b)| b.declared.iter().map(|m| (d.name.clone(), *m)))
         .collect();
     for draft in drafts {
         let Some(b) = &draft.behaviour else { continue };
@@ -406,9 +398,24 @@ mod tests {
             "fleet: f\n",
             "thespians:\n",
             "  yorick: {methods: {A: [{call: gilbert.B}]}}\n",
-            "  gilbert: {methods: {A: [{sleep: forever}]}}\n",
+            "  gilbert: {methods: 3}\n",
         ));
         assert_eq!(checked.errors.len(), 1, "{:?}", checked.errors);
-        assert!(checked.errors[0].message.starts_with("sleep must be a duration"));
+        assert!(checked.errors[0].message.starts_with("methods must be a mapping"));
+    }
+
+    #[test]
+    fn errors_inside_thespians_do_not_hide_fleet_errors() {
+        let checked = check(concat!(
+            "fleet: f\n",
+            "thespians:\n",
+            "  yorick: {methods: {A: [{call: {thespian: gilbert, method: B, retries: -1}}]}}\n",
+            "  gilbert: {methods: {A: [{sleep: forever}, {call: yorick.A}]}}\n",
+        ));
+        let errors: Vec<String> = checked.errors.iter().map(|e| e.message.clone()).collect();
+        assert_eq!(errors.len(), 3, "{errors:#?}");
+        assert!(errors[0].starts_with("yorick.A calls gilbert.B, but gilbert does not define B"));
+        assert!(errors[1].starts_with("retries must be"));
+        assert!(errors[2].starts_with("sleep must be a duration"));
     }
 }
