@@ -44,6 +44,8 @@ pub struct ThespianSummary {
     pub callees: Vec<String>,
     /// Hex SHA-256 of the compiled `CONFIG_JSON` (what `up` compares to decide a restart).
     pub config_hash: String,
+    /// The compiled `CONFIG_JSON` itself (the agent's format), to see what the methods syntax became.
+    pub config: serde_json::Value,
 }
 
 impl ValidateReport {
@@ -70,6 +72,7 @@ impl ValidateReport {
                         methods: t.defined_methods(),
                         callees: p.callees,
                         config_hash: p.config_hash,
+                        config: serde_json::from_str(&p.config_json).unwrap_or_default(),
                     })
                     .collect()
             })
