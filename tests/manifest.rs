@@ -597,7 +597,7 @@ fn graph_formats_are_deterministic_and_complete() {
     let mermaid = run(&["graph", "-f", &shop, "--format", "mermaid"]).stdout;
     assert!(mermaid.starts_with("flowchart LR\n"), "{mermaid}");
     assert!(
-        mermaid.contains("subgraph frontend[\"frontend (2 replicas)\"]"),
+        mermaid.contains("subgraph t_frontend[\"frontend (2 replicas)\"]"),
         "{mermaid}"
     );
     let dot = run(&["graph", "-f", &shop, "--format", "dot"]).stdout;

@@ -238,9 +238,10 @@ pub fn mermaid(graph: &CallGraph) -> String {
     };
     let mut out = String::from("flowchart LR\n");
     for t in &graph.thespians {
+        // `t_` keeps a thespian called `end` (or `graph`, `style`…) from reading as a Mermaid keyword.
         let _ = writeln!(
             out,
-            "  subgraph {}[\"{} ({})\"]",
+            "  subgraph t_{}[\"{} ({})\"]",
             id(&t.name),
             t.name,
             replicas(t.replicas)
@@ -352,7 +353,9 @@ mod tests {
         let m = mermaid(&g);
         assert!(m.starts_with("flowchart LR\n"), "{m}");
         assert!(
-            m.contains("  subgraph db[\"db (2 replicas)\"]\n    db_A[\"db.A\"]\n    db_B[\"db.B\"]\n  end\n"),
+            m.contains(
+                "  subgraph t_db[\"db (2 replicas)\"]\n    db_A[\"db.A\"]\n    db_B[\"db.B\"]\n  end\n"
+            ),
             "{m}"
         );
         assert!(m.contains("  web_A -->|\"×2\"| search_A\n"), "{m}");
@@ -372,9 +375,10 @@ mod tests {
     #[test]
     fn hyphenated_names_make_valid_mermaid_ids() {
         let g = graph_of(
-            "fleet: f\nthespians:\n  front-end: {methods: {A: [{call: back-end.B}]}}\n  back-end: {methods: {B: []}}\n",
+            "fleet: f\nthespians:\n  front-end: {methods: {A: [{call: end.B}]}}\n  end: {methods: {B: []}}\n",
         );
         let m = mermaid(&g);
-        assert!(m.contains("  front_end_A --> back_end_B\n"), "{m}");
+        assert!(m.contains("  front_end_A --> end_B\n"), "{m}");
+        assert!(m.contains("  subgraph t_end[\"end (1 replica)\"]\n"), "{m}");
     }
 }
