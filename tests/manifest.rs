@@ -356,7 +356,8 @@ const BAD: &[Bad] = &[
         )],
         expect: &[
             "gilbert.json:2:",
-            "grpc_method_a.operations[0].Action.Sleep.failure_chance: failure_chance must be between 0 and 1",
+            "grpc_method_a.operations[0].Action.Sleep.failure_chance: ",
+            "between 0 and 1, got 2",
         ],
     },
     Bad {
@@ -478,7 +479,7 @@ fn warnings_do_not_fail_validation() {
         dir.path().join("yorick.json"),
         r#"{"grpc_method_a": {"tracing_name": "y", "operations": [
             {"Action": {"CallService": {"service_address": "http://gilbret", "service_port": "80", "grpc_method": "A"}}},
-            {"Action": {"CallService": {"service_address": "https://api.example.com", "service_port": "443", "grpc_method": "B"}}}
+            {"Action": {"CallService": {"service_address": "http://api.example.com", "service_port": "8080", "grpc_method": "B"}}}
         ]}}"#,
     )
     .expect("write config");
@@ -495,7 +496,7 @@ fn warnings_do_not_fail_validation() {
     assert_eq!(
         out.stderr.matches("warning:").count(),
         1,
-        "https://api.example.com is external: {}",
+        "http://api.example.com:8080 is external: {}",
         out.stderr
     );
     assert!(out.stdout.contains("(1 warning)"), "{}", out.stdout);
@@ -513,7 +514,7 @@ fn warnings_do_not_fail_validation() {
         .filter(|n| n["kind"] == "external")
         .filter_map(|n| n["id"].as_str())
         .collect();
-    assert_eq!(external, ["http://gilbret:80/A", "https://api.example.com:443/B"]);
+    assert_eq!(external, ["http://api.example.com:8080/B", "http://gilbret:80/A"]);
 }
 
 #[test]

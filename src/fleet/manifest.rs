@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::agent_config::{Action, Config, Function, GrpcMethod, Operation};
+use super::agent_config::{Action, Config, ConfigExt, Function, GrpcMethod, Operation};
 use super::diag::{Diagnostic, Diags, join, list};
 use super::syntax::{CallSite, SERVICE_PORT, compile_methods};
 use super::yaml::{self, Node, Value, quote};
@@ -557,7 +557,7 @@ fn config_calls(config: &Config, file: &Path) -> (Vec<CallSite>, Vec<ExternalCal
                     .strip_prefix("http://")
                     .unwrap_or(service)
                     .trim_end_matches('/');
-                if call.service_port.0 == SERVICE_PORT && name_problem(host, MAX_THESPIAN_NAME).is_none() {
+                if call.service_port == SERVICE_PORT && name_problem(host, MAX_THESPIAN_NAME).is_none() {
                     calls.push(CallSite {
                         from,
                         thespian: host.to_owned(),
@@ -570,7 +570,7 @@ fn config_calls(config: &Config, file: &Path) -> (Vec<CallSite>, Vec<ExternalCal
                     external.push(ExternalCall {
                         from,
                         address: service.clone(),
-                        port: call.service_port.0,
+                        port: call.service_port,
                         method: call.grpc_method,
                     });
                 }

@@ -22,9 +22,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::agent_config::{
-    Action, CallService, Chance, Config, Function, GrpcMethod, Operation, Port, Sleep,
-};
+use super::agent_config::{Action, CallService, Config, ConfigExt, Function, GrpcMethod, Operation, Sleep};
 use super::diag::{Diags, join, list, unknown_key};
 use super::yaml::{Node, Pos, Value, quote};
 
@@ -391,7 +389,7 @@ impl Compiler<'_> {
         let mut call = CallService {
             tracing_name: None,
             service_address: String::new(),
-            service_port: Port(SERVICE_PORT),
+            service_port: SERVICE_PORT,
             grpc_method: GrpcMethod::A,
             timeout_ms: None,
             retries: None,
@@ -633,7 +631,7 @@ impl Compiler<'_> {
     }
 
     /// A failure chance: a number in [0, 1] or a percentage string (`5%`).
-    fn chance(&mut self, node: &Node, at: &str) -> Option<Chance> {
+    fn chance(&mut self, node: &Node, at: &str) -> Option<f64> {
         let p = match &node.value {
             Value::Float(f) => Some(*f),
             Value::Int(i) => Some(*i as f64),
@@ -644,7 +642,7 @@ impl Compiler<'_> {
                 .map(|percent| percent / 100.0),
             _ => None,
         };
-        let chance = p.and_then(Chance::new);
+        let chance = p.filter(|p| p.is_finite() && (0.0..=1.0).contains(p));
         if chance.is_none() {
             let shown = match (&node.value, p) {
                 (Value::Str(s), _) => format!("`{}`", quote(s)),

@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::agent_config::{Config, GrpcMethod};
+use super::agent_config::{Config, ConfigExt, GrpcMethod};
 use super::diag::{Diags, list, suggest};
 use super::manifest::{Draft, ExternalCall, Source};
 use super::syntax::CallSite;
