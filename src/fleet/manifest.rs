@@ -612,6 +612,10 @@ fn walk_action(action: &Action, at: &str, visit: &mut dyn FnMut(&super::agent_co
 /// The `aws:` section. Well-formed fields are kept even when others are not (the lenient reader uses
 /// what it can); `alb` only when all of it is valid.
 fn aws_settings(node: &Node, diags: &mut Diags) -> Option<AwsSettings> {
+    // `aws:` with everything under it commented out means "no settings", not a mistake.
+    if node.is_null() {
+        return None;
+    }
     let fields = diags.mapping(node, "aws", "the aws section", &AWS_KEYS)?;
     let mut aws = AwsSettings::default();
     let text = |key: &str, what: &str, check: &dyn Fn(&str) -> bool, diags: &mut Diags| -> Option<String> {
@@ -939,6 +943,16 @@ mod tests {
             "{e:?}"
         );
         assert!(e[1].contains("write the bare address `1.2.3.4`"), "{e:?}");
+    }
+
+    #[test]
+    fn an_empty_aws_section_is_no_settings() {
+        let checked = check(
+            Path::new("t.yaml"),
+            "fleet: f\nthespians: {a: {methods: {A: []}}}\naws:\n",
+        );
+        assert!(checked.errors.is_empty(), "{:?}", checked.errors);
+        assert_eq!(checked.manifest.unwrap().aws, None);
     }
 
     #[test]
