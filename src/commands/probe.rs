@@ -9,7 +9,6 @@ use std::time::Duration;
 use crate::Context;
 use crate::cli::{ProbeArgs, Via};
 use crate::error::{Error, Result, exit};
-use crate::fleet::FleetRef;
 use crate::probe::ProbeError;
 use crate::probe::conn::{Pool, Refresh, parse_address};
 use crate::probe::engine::{self, LoadPlan, Pacing, Progress, Shared};
@@ -147,7 +146,7 @@ async fn resolve(args: &ProbeArgs, ctx: &Context) -> Result<Resolution> {
             "say what to probe: a thespian NAME, or --address HOST:PORT",
         ));
     };
-    let fleet = load_fleet_ref(ctx)?;
+    let fleet = crate::fleet::load_ref(&ctx.global.file)?;
     let resolved = crate::target::endpoints(ctx, &fleet, &name, args.via).await?;
     if resolved.endpoints.is_empty() {
         return Err(ProbeError::NoReplicas { thespian: name }.into());
@@ -172,13 +171,6 @@ async fn resolve(args: &ProbeArgs, ctx: &Context) -> Result<Resolution> {
         _guard: resolved.guard,
         refresh,
     })
-}
-
-// Until the fleet manifest loader lands on main (`crate::fleet::load_ref`, branch `fleet`).
-fn load_fleet_ref(_ctx: &Context) -> Result<FleetRef> {
-    Err(Error::usage(
-        "probing a thespian by name needs the fleet manifest loader, which is not merged yet; use --address HOST:PORT",
-    ))
 }
 
 /// Connections for a run: `--connections`, else 2 per replica and at least 4.
