@@ -3,6 +3,9 @@
 //! Statistical assertions use bounds derived from the behaviour configured (binomial sigma for failure
 //! rates, the configured sleep as the floor of latency), never timings of the test machine.
 
+// Helpers outside #[test] functions unwrap too: a panic there is a test failure with its message.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::io::{BufRead, BufReader};
