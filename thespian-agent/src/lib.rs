@@ -1,5 +1,7 @@
 //! The Thespian agent: a tiny gRPC server whose methods act out a configured behaviour tree.
 
+pub mod config;
+
 /// Code generated from `proto/thespian.proto`: the `Thespian` client and server and the `Nothing` message.
 pub mod proto {
     tonic::include_proto!("thespian");
