@@ -269,8 +269,14 @@ impl Behavior {
             ]
         });
         let result = self.ops(&func.ops, span.cx(), incoming).await;
-        if let Err(f) = &result {
-            span.fail(&f.message);
+        match &result {
+            Ok(()) => {
+                tracing::debug!(trace_id = %span.cx().trace_id_hex(), span = func.name, method = method.as_str(), "answered OK")
+            }
+            Err(f) => {
+                span.fail(&f.message);
+                tracing::debug!(trace_id = %span.cx().trace_id_hex(), span = func.name, method = method.as_str(), code = ?f.code, "answered with an error");
+            }
         }
         result
     }

@@ -92,10 +92,9 @@ impl Settings {
                 .map_err(|_| SettingsError::BindAddr(a))?,
         };
 
-        let config = match (
-            get("CONFIG_JSON")?,
-            get("CONFIG_FILE")?.filter(|s| !s.trim().is_empty()),
-        ) {
+        // An empty variable counts as unset (compose files and task definitions often leave one blank).
+        let config_json = get("CONFIG_JSON")?.filter(|s| !s.trim().is_empty());
+        let config = match (config_json, get("CONFIG_FILE")?.filter(|s| !s.trim().is_empty())) {
             (Some(_), Some(_)) => return Err(SettingsError::BothConfigs),
             (None, None) => return Err(SettingsError::NoConfig),
             (Some(json), None) => Config::from_json(&json).map_err(SettingsError::ConfigJson)?,

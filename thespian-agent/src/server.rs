@@ -102,7 +102,7 @@ impl Agent {
         }
         // Fast path: a `null` method with nothing to export does no work at all.
         if self.behavior.is_null(method) && !self.behavior.tracer().is_exporting() {
-            tracing::debug!(method = method.as_str(), "answered");
+            tracing::debug!(method = method.as_str(), "answered OK");
             return Ok(Response::new(Nothing {}));
         }
         let incoming = Incoming {
@@ -114,10 +114,7 @@ impl Agent {
             hops,
         };
         match self.behavior.act(method, &incoming).await {
-            Ok(()) => {
-                tracing::debug!(method = method.as_str(), "answered");
-                Ok(Response::new(Nothing {}))
-            }
+            Ok(()) => Ok(Response::new(Nothing {})),
             Err(failure) => Err(Status::new(failure.code, failure.message)),
         }
     }
