@@ -325,7 +325,7 @@ impl Behavior {
     ) -> Result<(), Failure> {
         let mut span = self.tracer.start(name, SpanKind::Internal, Some(parent), false);
         span.attributes(|| vec![KeyValue::new("thespian.duration_ms", duration.as_millis() as i64)]);
-        tokio::time::sleep(duration).await;
+        crate::timer::sleep(duration).await;
         if roll(failure_chance) {
             let message = format!("`{name}` failed (failure_chance {failure_chance})");
             return Err(fail_here(&mut span, name, message));

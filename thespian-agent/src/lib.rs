@@ -13,6 +13,7 @@ mod instance;
 pub mod resolve;
 pub mod server;
 pub mod telemetry;
+pub mod timer;
 
 /// Code generated from `proto/thespian.proto`: the `Thespian` client and server and the `Nothing` message.
 pub mod proto {
