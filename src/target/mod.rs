@@ -77,6 +77,23 @@ pub trait Target {
     async fn endpoints(&self, fleet: &FleetRef, thespian: &str, via: Via, ctx: &Context) -> Result<Resolved>;
 }
 
+/// The endpoints of `thespian` through the target in effect for `fleet` (used by `probe`).
+pub async fn endpoints(ctx: &Context, fleet: &FleetRef, thespian: &str, via: Via) -> Result<Resolved> {
+    match choose(ctx.global.target, fleet.target) {
+        TargetKind::Local => {
+            local::LocalTarget::for_fleet(fleet)
+                .endpoints(fleet, thespian, via, ctx)
+                .await
+        }
+        TargetKind::Aws => {
+            aws::AwsTarget::connect(ctx, fleet)
+                .await?
+                .endpoints(fleet, thespian, via, ctx)
+                .await
+        }
+    }
+}
+
 /// The target to use: the `--target` flag, else the manifest's `target:`, else local.
 pub fn choose(flag: Option<TargetKind>, manifest: Option<TargetKind>) -> TargetKind {
     flag.or(manifest).unwrap_or(TargetKind::Local)
