@@ -114,7 +114,7 @@ pub struct CallService {
 }
 
 /// A method of `thespian.Thespian`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum GrpcMethod {
     A,
     B,
@@ -130,6 +130,11 @@ impl GrpcMethod {
             GrpcMethod::B => "B",
             GrpcMethod::C => "C",
         }
+    }
+
+    /// `"A"`, `"B"` or `"C"` (exactly, as in the JSON format).
+    pub fn parse(s: &str) -> Option<GrpcMethod> {
+        GrpcMethod::ALL.into_iter().find(|m| m.as_str() == s)
     }
 }
 
