@@ -1,5 +1,6 @@
 //! The baseline of `bench/agent.sh`: a bare tonic server whose `thespian.Thespian` methods answer at once.
-//! No health, reflection, metadata, tracing or logging, and tokio's default runtime.
+//! No health, reflection, metadata, tracing or logging; tokio's default runtime and tonic's default socket
+//! options.
 //!
 //! `PORT=0 cargo run --release -p thespian-agent --example noop` prints `{"address":"127.0.0.1:PORT"}`
 //! first, like the agent.
@@ -33,7 +34,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("{{\"address\":\"{}\"}}", listener.local_addr()?);
     tonic::transport::Server::builder()
         .add_service(ThespianServer::new(Noop))
-        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+        // TCP_NODELAY as `Server::serve(addr)` sets it by default (and as the agent does): with Nagle on,
+        // small responses get batched, which saves CPU under load but is not how tonic runs out of the box.
+        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)))
         .await?;
     Ok(())
 }
