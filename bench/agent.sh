@@ -25,7 +25,7 @@ DURATION=${DURATION:-5}          # seconds of measurement per h2load run (after 
 ROUNDS=${ROUNDS:-5}              # alternating rounds; the median of each series is reported
 CONNS=${CONNS:-2}                # connections per h2load run ...
 STREAMS=${STREAMS:-50}           # ... and concurrent streams on each (100 in flight)
-ALT_WORKERS=${ALT_WORKERS:-2}    # the THESPIAN_WORKER_THREADS setting compared with the default
+ALT_WORKERS=${ALT_WORKERS:-1}    # the THESPIAN_WORKER_THREADS setting compared with the default (2)
 OUT=bench/out/agent
 mkdir -p "$OUT"
 rm -f "$OUT"/*.log "$OUT"/*.out
@@ -74,6 +74,7 @@ cpu_ticks() {
   echo "$sum"
 }
 
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 printf '\0\0\0\0\0' >"$OUT/empty.grpc"
 # load ADDR CONNS STREAMS LOGFILE PID... -> prints "REQ_PER_S CPU_US_PER_REQ": h2load's rate and the CPU
 # time (user + system) the PIDs spent per request during the run (warm-up included in both counts).
@@ -153,7 +154,10 @@ NOOP_PEAK=$(rss_kib "$NOOP_PID"); NULL_PEAK=$(rss_kib "$NULL_PID")
 echo "start-up..." >&2
 STARTUP=$(env -i PATH="$PATH" SERVICE_NAME=startup CONFIG_JSON="$NULL" BIND_ADDR=127.0.0.1 "$HELPER" "$AGENT" 30)
 
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 cat <<EOF | tee "$OUT/summary.md"
+$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), load average before/after: $LOAD_BEFORE / $LOAD_AFTER; DURATION=$DURATION ROUNDS=$ROUNDS
+
 | measurement | figure | goal |
 | --- | --- | --- |
 | no-op tonic server, A (${CONNS}x${STREAMS} streams, median of $ROUNDS rounds) | $NOOP_RATE req/s, $NOOP_CPU µs CPU/req (rates:$noop_rates) | |
