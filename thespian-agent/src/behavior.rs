@@ -382,10 +382,24 @@ impl Behavior {
             }
             md.insert(HOPS_HEADER, hops.clone());
             let mut client = ThespianClient::new(endpoint.channel());
+            // The channel enforces the `grpc-timeout` it sends (and answers CANCELLED when it expires);
+            // this outer timeout also covers waiting for a connection, and whichever fires first wins.
             let outcome = tokio::time::timeout(limit, send(&mut client, call.method, request)).await;
+            // A CANCELLED that no Thespian answered (no service metadata) is the channel's own timeout:
+            // nothing else cancels our calls (a cancelled incoming request drops this future instead).
+            let outcome = match outcome {
+                Ok(Err(status))
+                    if status.code() == Code::Cancelled
+                        && status.metadata().get(SERVICE_HEADER).is_none() =>
+                {
+                    None
+                }
+                Ok(result) => Some(result),
+                Err(_elapsed) => None,
+            };
             let (failure, logged_by_callee) = match outcome {
-                Ok(Ok(_)) => return Ok(()),
-                Ok(Err(status)) if status.code() == Code::FailedPrecondition => {
+                Some(Ok(_)) => return Ok(()),
+                Some(Err(status)) if status.code() == Code::FailedPrecondition => {
                     // The hop limit (or another precondition) at the callee: retrying cannot help, and
                     // the caller up the chain should see the same refusal, not a pile of INTERNALs.
                     tracing::debug!(trace_id = %span.cx().trace_id_hex(), span = name, "refused downstream: {}", status.message());
@@ -395,7 +409,7 @@ impl Behavior {
                         message: status.message().to_owned(),
                     });
                 }
-                Ok(Err(status)) => match status
+                Some(Err(status)) => match status
                     .metadata()
                     .get(SERVICE_HEADER)
                     .and_then(|v| v.to_str().ok())
@@ -419,7 +433,7 @@ impl Behavior {
                         false,
                     ),
                 },
-                Err(_) if by_deadline => (
+                None if by_deadline => (
                     format!(
                         "`{name}` failed: the caller's deadline ran out after {} ms calling {}",
                         limit.as_millis(),
@@ -427,7 +441,7 @@ impl Behavior {
                     ),
                     false,
                 ),
-                Err(_) => (
+                None => (
                     format!(
                         "`{name}` timed out after {} ms calling {} ({})",
                         limit.as_millis(),
