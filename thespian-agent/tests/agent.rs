@@ -990,6 +990,7 @@ fn bad_input_exits_2_with_one_message_naming_the_variable() {
         ("resolve", vec![("THESPIAN_RESOLVE", "gilbert:80")], "THESPIAN_RESOLVE: entry \"gilbert:80\": expected NAME:PORT=HOST:PORT".into()),
         ("resolve port", vec![("THESPIAN_RESOLVE", "gilbert:80=127.0.0.1:x")], "THESPIAN_RESOLVE: entry \"gilbert:80=127.0.0.1:x\": endpoint \"127.0.0.1:x\": port \"x\"".into()),
         ("grace", vec![("SHUTDOWN_GRACE_MS", "soon")], "SHUTDOWN_GRACE_MS: \"soon\"".into()),
+        ("log filter", vec![("RUST_LOG", "debug,h2=nope")], "RUST_LOG: \"debug,h2=nope\" is not a valid filter".into()),
         ("otlp endpoint", vec![("OTEL_BACKEND_ADDRESS", "tempo:4317")], "OTEL_BACKEND_ADDRESS: cannot export traces to \"tempo:4317\"".into()),
     ];
     for (case, overrides, expected) in cases {
