@@ -258,10 +258,14 @@ pub struct GraphArgs {
     pub format: GraphFormat,
 }
 
+/// A method of `thespian.Thespian`, spelt as in the proto (`A`); `--method a` is accepted too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
 pub enum Method {
+    #[value(name = "A")]
     A,
+    #[value(name = "B")]
     B,
+    #[value(name = "C")]
     C,
 }
 
@@ -291,7 +295,7 @@ pub struct ProbeArgs {
     pub address: Vec<String>,
 
     /// Method to call
-    #[arg(long, short = 'm', value_enum, default_value_t = Method::A)]
+    #[arg(long, short = 'm', value_enum, ignore_case = true, default_value_t = Method::A)]
     pub method: Method,
 
     /// Per-request deadline (sent to the server as grpc-timeout)

@@ -277,16 +277,23 @@ fn render_load(report: &ProbeReport, ui: &Ui) -> String {
             .start_lag_ms
             .map(|l| {
                 format!(
-                    "; sent p99 {} / max {} after due time",
+                    "sent p99 {} / max {} after their due time",
                     fmt_ms(l.p99),
                     fmt_ms(l.max)
                 )
             })
-            .unwrap_or_default();
-        out.push(format!(
-            "schedule: {} request(s) started late because {} were in flight (--max-in-flight), {} expired before they could be sent{lag}",
-            o.delayed, o.max_in_flight, o.expired
-        ));
+            .unwrap_or_else(|| "none sent".to_string());
+        if o.delayed == 0 {
+            out.push(format!(
+                "schedule: {lag}; none held back by --max-in-flight {}",
+                o.max_in_flight
+            ));
+        } else {
+            out.push(format!(
+                "schedule: {lag}; {} held back because --max-in-flight {} were outstanding, {} of them expired unsent",
+                o.delayed, o.max_in_flight, o.expired
+            ));
+        }
     }
     if report.retried > 0 {
         out.push(format!(
