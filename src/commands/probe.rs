@@ -11,7 +11,7 @@ use crate::cli::{ProbeArgs, Via};
 use crate::error::{Error, Result, exit};
 use crate::probe::ProbeError;
 use crate::probe::conn::{Pool, Refresh, parse_address};
-use crate::probe::engine::{self, LoadPlan, Pacing, Progress, Shared};
+use crate::probe::engine::{self, LoadPlan, LoadTarget, Pacing, Shared};
 use crate::probe::gates::Gates;
 use crate::probe::report::{ProbeReport, RunInfo};
 use crate::target::Endpoint;
@@ -31,6 +31,8 @@ pub struct Options {
     /// `None`: single shot.
     pub load: Option<LoadPlan>,
     pub connections: Option<u32>,
+    /// Engine threads of a load run.
+    pub threads: usize,
     pub gates: Gates,
 }
 
@@ -68,6 +70,9 @@ impl Options {
         }
         if args.connections == Some(0) {
             return Err(bad("--connections", 0, "must be at least 1"));
+        }
+        if args.threads == 0 {
+            return Err(bad("--threads", 0, "must be at least 1"));
         }
         if args.max_in_flight == Some(0) {
             return Err(bad("--max-in-flight", 0, "must be at least 1"));
@@ -110,6 +115,7 @@ impl Options {
             timeout: args.timeout,
             load,
             connections: args.connections,
+            threads: args.threads as usize,
             gates: Gates {
                 max_error_rate: args.max_error_rate,
                 max_p99: args.max_p99,
@@ -122,7 +128,7 @@ impl Options {
 struct Resolution {
     target: String,
     endpoints: Vec<Endpoint>,
-    /// Keeps a tunnel open for the whole probe.
+    /// Keeps a tunnel open for the whole probe (dropped when `run` returns).
     _guard: Option<Box<dyn Send>>,
     refresh: Option<Refresh>,
 }
@@ -180,45 +186,36 @@ fn connections(requested: Option<u32>, endpoints: usize) -> usize {
 
 pub async fn run(args: &ProbeArgs, ctx: &Context) -> Result<u8> {
     let options = Options::from_args(args)?;
-    let mut resolution = resolve(args, ctx).await?;
-    let all_endpoints = resolution.endpoints.clone();
-
-    let connections = match &options.load {
-        Some(plan) => plan.workers(connections(options.connections, all_endpoints.len())),
-        None => {
-            // One request, to one replica picked at random (as a load balancer would).
-            let first = fastrand::usize(..resolution.endpoints.len());
-            resolution.endpoints.rotate_left(first);
-            1
-        }
+    let resolution = resolve(args, ctx).await?;
+    let interrupted = || Error::Interrupted {
+        still_running: vec![],
     };
-    let connect = Pool::connect(
-        resolution.endpoints,
-        connections,
-        options.timeout,
-        resolution.refresh.take(),
-    );
-    let pool = tokio::select! {
-        () = ctx.cancel.cancelled() => return Err(Error::Interrupted { still_running: vec![] }),
-        pool = connect => pool?,
-    };
-    let shared = Arc::new(Shared {
-        pool,
-        method: args.method,
-        timeout: options.timeout,
-        progress: Progress::default(),
-    });
-    let info = RunInfo {
+    let mut info = RunInfo {
         target: resolution.target,
         method: args.method,
-        endpoints: all_endpoints,
-        connections,
+        endpoints: resolution.endpoints.clone(),
+        connections: 1,
         gates: options.gates,
     };
 
     let Some(plan) = options.load else {
+        // One request, to one replica picked at random (as a load balancer would).
+        let mut endpoints = resolution.endpoints;
+        let first = fastrand::usize(..endpoints.len());
+        endpoints.rotate_left(first);
+        let connect = Pool::connect(endpoints, &[0], options.timeout, resolution.refresh.map(Arc::new));
+        let pool = tokio::select! {
+            () = ctx.cancel.cancelled() => return Err(interrupted()),
+            pool = connect => pool?,
+        };
+        let shared = Shared {
+            pool,
+            method: args.method,
+            timeout: options.timeout,
+            progress: Arc::default(),
+        };
         let shot = tokio::select! {
-            () = ctx.cancel.cancelled() => return Err(Error::Interrupted { still_running: vec![] }),
+            () = ctx.cancel.cancelled() => return Err(interrupted()),
             shot = engine::single_shot(&shared) => shot,
         };
         let report = ProbeReport::single(info, shot);
@@ -226,26 +223,28 @@ pub async fn run(args: &ProbeArgs, ctx: &Context) -> Result<u8> {
         return Ok(if report.passed { exit::OK } else { exit::FAILED });
     };
 
-    ui::probe::announce(
-        &ctx.ui,
-        &info.target,
-        &format!("{:?}", args.method),
-        &plan,
-        connections,
-        info.endpoints.len(),
-    );
+    let target = LoadTarget {
+        connections: connections(options.connections, resolution.endpoints.len()),
+        endpoints: resolution.endpoints,
+        threads: options.threads,
+        connect_timeout: options.timeout,
+        refresh: resolution.refresh,
+        method: args.method,
+        timeout: options.timeout,
+    };
+    let prepared = tokio::select! {
+        () = ctx.cancel.cancelled() => return Err(interrupted()),
+        prepared = engine::prepare(target, plan, ctx.cancel.clone()) => prepared?,
+    };
+    info.connections = prepared.workers();
+    ui::probe::announce(&ctx.ui, &info, &plan, prepared.threads());
     let bar = ui::probe::progress(&ctx.ui, &plan);
-    let run = engine::run_load(shared, plan, ctx.cancel.clone(), TICK, |t| {
-        ui::probe::tick(&bar, &plan, t);
-    })
-    .await?;
+    let run = prepared.run(TICK, |t| ui::probe::tick(&bar, &plan, t)).await?;
     bar.finish_and_clear();
     let report = ProbeReport::load(info, plan.pacing, run);
     ctx.ui.emit(&report);
     if report.interrupted {
-        return Err(Error::Interrupted {
-            still_running: vec![],
-        });
+        return Err(interrupted());
     }
     Ok(if report.passed { exit::OK } else { exit::FAILED })
 }

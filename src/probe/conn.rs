@@ -16,15 +16,25 @@ use thespian_agent::proto::thespian_client::ThespianClient;
 use tonic::transport::{Channel, ClientTlsConfig};
 
 use crate::probe::ProbeError;
+use crate::probe::transport::{self, H2Conn};
 use crate::target::Endpoint;
-
-pub type Client = ThespianClient<Channel>;
 
 /// Re-resolves the thespian's endpoints (`None` when that fails: the last known list stays in use).
 pub type Refresh = Box<dyn Fn() -> BoxFuture<'static, Option<Vec<Endpoint>>> + Send + Sync>;
 
 /// Re-resolution is rate-limited: a burst of failed requests triggers one lookup, not thousands.
 const REFRESH_MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A slot whose connection could not be re-established is not redialled more often than this.
+const REDIAL_MIN_INTERVAL: Duration = Duration::from_millis(20);
+
+/// A client on one connection: the generated `ThespianClient` over the lean HTTP/2 transport for
+/// plaintext endpoints, over tonic's `Channel` for TLS ones. Cheap to clone (once per request).
+#[derive(Debug, Clone)]
+pub enum Client {
+    H2(ThespianClient<H2Conn>),
+    Tonic(ThespianClient<Channel>),
+}
 
 /// Parses `--address`: `HOST:PORT` (plain-text HTTP/2, as agents listen), or an `http://` / `https://` URL.
 pub fn parse_address(address: &str) -> Result<Endpoint, ProbeError> {
@@ -64,27 +74,46 @@ pub fn parse_address(address: &str) -> Result<Endpoint, ProbeError> {
     })
 }
 
-/// The tonic endpoint of `ep`: TCP_NODELAY (small unary messages must not wait for Nagle), TLS with the
-/// system's roots for `https://`.
-fn tonic_endpoint(
-    ep: &Endpoint,
-    connect_timeout: Duration,
-) -> Result<tonic::transport::Endpoint, ProbeError> {
-    let bad = |source| ProbeError::BadEndpoint {
+fn bad_endpoint(ep: &Endpoint, source: impl std::error::Error + Send + Sync + 'static) -> ProbeError {
+    ProbeError::BadEndpoint {
         label: ep.label.clone(),
         uri: ep.uri.clone(),
+        source: Box::new(source),
+    }
+}
+
+/// The tonic endpoint of a TLS `ep`, with the system's roots.
+fn tls_endpoint(ep: &Endpoint, connect_timeout: Duration) -> Result<tonic::transport::Endpoint, ProbeError> {
+    tonic::transport::Endpoint::from_shared(ep.uri.clone())
+        .and_then(|e| e.tls_config(ClientTlsConfig::new().with_native_roots()))
+        .map(|e| e.connect_timeout(connect_timeout).tcp_nodelay(true))
+        .map_err(|e| bad_endpoint(ep, e))
+}
+
+fn is_tls(ep: &Endpoint) -> bool {
+    ep.uri.starts_with("https://")
+}
+
+/// Connects to `ep` now (TCP, TLS if any, HTTP/2 handshake).
+async fn open(ep: &Endpoint, connect_timeout: Duration) -> Result<Client, ProbeError> {
+    let failed = |source: Box<dyn std::error::Error + Send + Sync>| ProbeError::Connect {
+        label: ep.label.clone(),
+        uri: ep.uri.clone(),
+        problem: connect_problem(source.as_ref()),
         source,
     };
-    let mut endpoint = tonic::transport::Endpoint::from_shared(ep.uri.clone())
-        .map_err(bad)?
-        .connect_timeout(connect_timeout)
-        .tcp_nodelay(true);
-    if ep.uri.starts_with("https://") {
-        endpoint = endpoint
-            .tls_config(ClientTlsConfig::new().with_native_roots())
-            .map_err(bad)?;
+    if is_tls(ep) {
+        let channel = tls_endpoint(ep, connect_timeout)?
+            .connect()
+            .await
+            .map_err(|e| failed(Box::new(e)))?;
+        return Ok(Client::Tonic(ThespianClient::new(channel)));
     }
-    Ok(endpoint)
+    let uri: http::Uri = ep.uri.parse().map_err(|e| bad_endpoint(ep, e))?;
+    let conn = transport::dial(&uri, connect_timeout)
+        .await
+        .map_err(|e| failed(Box::new(e)))?;
+    Ok(Client::H2(ThespianClient::with_origin(conn, uri)))
 }
 
 /// Why a connection could not be made, for the message.
@@ -121,7 +150,7 @@ pub fn connect_problem(err: &(dyn std::error::Error + 'static)) -> ConnectProble
     ConnectProblem::Other
 }
 
-/// The request never reached a server: the connection could not be established.
+/// The request never reached a server: its connection could not be (re-)established or was closing.
 pub fn never_sent(status: &tonic::Status) -> bool {
     let mut cur = status.source();
     while let Some(e) = cur {
@@ -133,11 +162,20 @@ pub fn never_sent(status: &tonic::Status) -> bool {
     false
 }
 
+struct Current {
+    client: Client,
+    /// Changes whenever the connection is replaced.
+    generation: u64,
+    uri: Arc<str>,
+}
+
 struct Slot {
-    /// The connection in use and a generation number that changes whenever it is replaced.
-    current: RwLock<(Client, u64, Arc<str>)>,
-    /// Serialises replacements so concurrent failures on one slot cause one reconnection.
-    replacing: tokio::sync::Mutex<()>,
+    /// The connection's place in the whole run: slot `index` goes to endpoint `index mod E`.
+    index: usize,
+    current: RwLock<Current>,
+    /// Serialises replacements (concurrent failures on one slot cause one redial) and remembers the
+    /// last attempt.
+    replacing: tokio::sync::Mutex<Option<Instant>>,
 }
 
 struct Known {
@@ -145,43 +183,41 @@ struct Known {
     refreshed: Instant,
 }
 
-/// The probe's HTTP/2 connections: slot `j` connects to endpoint `j mod E`, so replicas get equal shares
-/// when the number of connections is a multiple of the number of endpoints (the default: 2 per replica).
+/// Connections of a probe: slot `j` connects to endpoint `j mod E`, so replicas get equal shares when the
+/// number of connections is a multiple of the number of endpoints (the default: 2 per replica).
 pub struct Pool {
     slots: Vec<Slot>,
     known: Mutex<Known>,
-    refresh: Option<Refresh>,
+    refresh: Option<Arc<Refresh>>,
     refreshing: tokio::sync::Mutex<()>,
     connect_timeout: Duration,
 }
 
 impl Pool {
-    /// Opens `connections` connections and waits until each is established (TCP and HTTP/2 handshake), so
-    /// that an unreachable endpoint is reported before any request is measured.
+    /// Opens the connections of the given slots and waits until each is established (TCP and HTTP/2
+    /// handshake), so that an unreachable endpoint is reported before any request is measured. The
+    /// connections' tasks run on the current runtime.
     pub async fn connect(
         endpoints: Vec<Endpoint>,
-        connections: usize,
+        slots: &[usize],
         connect_timeout: Duration,
-        refresh: Option<Refresh>,
+        refresh: Option<Arc<Refresh>>,
     ) -> Result<Pool, ProbeError> {
         if endpoints.is_empty() {
             return Err(ProbeError::NoEndpoints);
         }
-        let attempts = (0..connections.max(1)).map(|j| {
-            let ep = endpoints[j % endpoints.len()].clone();
+        let attempts = slots.iter().map(|&index| {
+            let ep = endpoints[index % endpoints.len()].clone();
             async move {
-                let channel = tonic_endpoint(&ep, connect_timeout)?
-                    .connect()
-                    .await
-                    .map_err(|source| ProbeError::Connect {
-                        label: ep.label.clone(),
-                        uri: ep.uri.clone(),
-                        problem: connect_problem(&source),
-                        source,
-                    })?;
+                let client = open(&ep, connect_timeout).await?;
                 Ok::<_, ProbeError>(Slot {
-                    current: RwLock::new((ThespianClient::new(channel), 0, Arc::from(ep.uri.as_str()))),
-                    replacing: tokio::sync::Mutex::new(()),
+                    index,
+                    current: RwLock::new(Current {
+                        client,
+                        generation: 0,
+                        uri: Arc::from(ep.uri.as_str()),
+                    }),
+                    replacing: tokio::sync::Mutex::new(None),
                 })
             }
         });
@@ -206,58 +242,65 @@ impl Pool {
         self.slots.is_empty()
     }
 
-    /// A client on slot `slot` (a cheap clone of its channel) and the slot's generation.
-    pub fn client(&self, slot: usize) -> (Client, u64) {
-        let s = &self.slots[slot % self.slots.len()];
-        let guard = s
+    fn current(&self, slot: usize) -> std::sync::RwLockReadGuard<'_, Current> {
+        self.slots[slot % self.slots.len()]
             .current
             .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        (guard.0.clone(), guard.1)
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The URI slot `slot` is connected to.
+    /// A client on local slot `slot` (a cheap clone) and the slot's generation.
+    pub fn client(&self, slot: usize) -> (Client, u64) {
+        let current = self.current(slot);
+        (current.client.clone(), current.generation)
+    }
+
+    /// The URI local slot `slot` is connected to.
     pub fn uri(&self, slot: usize) -> Arc<str> {
-        let s = &self.slots[slot % self.slots.len()];
-        let guard = s
-            .current
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        guard.2.clone()
+        self.current(slot).uri.clone()
     }
 
     /// Called after a request on `slot` (generation `seen`) could not reach any server: re-resolves the
-    /// endpoints when possible and points the slot at its endpoint in the new list. When the endpoint is
-    /// unchanged the channel is kept (it redials by itself on the next request).
+    /// endpoints when possible and reconnects the slot to its endpoint in the (new) list. A failed
+    /// reconnection leaves the slot as it was; the request's own retries (until its deadline) call again.
     pub async fn replace(&self, slot: usize, seen: u64) {
-        let index = slot % self.slots.len();
-        let s = &self.slots[index];
-        let _one_at_a_time = s.replacing.lock().await;
-        if self.client(index).1 != seen {
+        let s = &self.slots[slot % self.slots.len()];
+        let mut last_attempt = s.replacing.lock().await;
+        if self.current(slot).generation != seen {
             return; // another request already replaced it
         }
+        if last_attempt.is_some_and(|t| t.elapsed() < REDIAL_MIN_INTERVAL) {
+            return;
+        }
+        *last_attempt = Some(Instant::now());
         let endpoints = self.endpoints().await;
         if endpoints.is_empty() {
             return;
         }
-        let ep = &endpoints[index % endpoints.len()];
-        if *self.uri(index) == *ep.uri {
-            return;
-        }
-        let Ok(endpoint) = tonic_endpoint(ep, self.connect_timeout) else {
-            return;
+        let ep = &endpoints[s.index % endpoints.len()];
+        let client = if is_tls(ep) {
+            if *self.current(slot).uri == *ep.uri {
+                return; // tonic's channel redials by itself
+            }
+            match tls_endpoint(ep, self.connect_timeout) {
+                Ok(endpoint) => Client::Tonic(ThespianClient::new(endpoint.connect_lazy())),
+                Err(_) => return,
+            }
+        } else {
+            match open(ep, self.connect_timeout).await {
+                Ok(client) => client,
+                Err(_) => return,
+            }
         };
-        let channel = endpoint.connect_lazy();
-        let mut guard = s
+        let mut current = s
             .current
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let generation = guard.1 + 1;
-        *guard = (
-            ThespianClient::new(channel),
-            generation,
-            Arc::from(ep.uri.as_str()),
-        );
+        *current = Current {
+            client,
+            generation: current.generation + 1,
+            uri: Arc::from(ep.uri.as_str()),
+        };
     }
 
     /// The endpoints, re-resolved if a refresh is possible and the last one is not too recent.
@@ -355,7 +398,7 @@ mod tests {
             .unwrap()
             .port();
         let ep = parse_address(&format!("127.0.0.1:{port}")).unwrap();
-        let err = Pool::connect(vec![ep], 2, Duration::from_secs(2), None)
+        let err = Pool::connect(vec![ep], &[0, 1], Duration::from_secs(2), None)
             .await
             .err()
             .expect("connect must fail");
@@ -366,51 +409,5 @@ mod tests {
         assert_eq!(err.exit_code(), crate::error::exit::USAGE);
         assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
         assert!(err.to_string().contains("connection refused"), "{err}");
-    }
-
-    #[tokio::test]
-    async fn connections_spread_round_robin_over_endpoints() {
-        // Two real listeners; h2 handshakes need a server, so accept TCP and answer with an HTTP/2 server
-        // preface via a minimal tonic server is overkill here: use lazily connected pools instead and
-        // check the assignment only.
-        let a = Endpoint {
-            uri: "http://127.0.0.1:1".into(),
-            label: "a".into(),
-        };
-        let b = Endpoint {
-            uri: "http://127.0.0.1:2".into(),
-            label: "b".into(),
-        };
-        let endpoints = [a, b];
-        let slots: Vec<Slot> = (0..4)
-            .map(|j| {
-                let ep = &endpoints[j % 2];
-                let channel = tonic_endpoint(ep, Duration::from_secs(1)).unwrap().connect_lazy();
-                Slot {
-                    current: RwLock::new((ThespianClient::new(channel), 0, Arc::from(ep.uri.as_str()))),
-                    replacing: tokio::sync::Mutex::new(()),
-                }
-            })
-            .collect();
-        let pool = Pool {
-            slots,
-            known: Mutex::new(Known {
-                endpoints: Arc::new(endpoints.to_vec()),
-                refreshed: Instant::now(),
-            }),
-            refresh: None,
-            refreshing: tokio::sync::Mutex::new(()),
-            connect_timeout: Duration::from_secs(1),
-        };
-        let uris: Vec<String> = (0..4).map(|j| pool.uri(j).to_string()).collect();
-        assert_eq!(
-            uris,
-            [
-                "http://127.0.0.1:1",
-                "http://127.0.0.1:2",
-                "http://127.0.0.1:1",
-                "http://127.0.0.1:2"
-            ]
-        );
     }
 }

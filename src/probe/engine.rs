@@ -1,9 +1,11 @@
 //! The request engine: one request (single shot), or a load run in closed or open loop.
 //!
-//! A load run has one worker task per connection. Each worker drives its requests concurrently as a
-//! `FuturesUnordered` on a clone of its connection's client and records into its own [`Recorder`]; the
-//! recorders are merged when the workers end. Nothing on the per-request path takes a lock or touches
-//! memory shared with other workers, except two relaxed counters for the progress bar.
+//! A load run has one worker per connection. Workers run on dedicated engine threads (`--threads`, each a
+//! single-threaded tokio runtime that also drives its connections, like h2load's threads): a request, its
+//! HTTP/2 stream and its reply are handled on one thread, and requests started in one pass of a worker
+//! leave in one write. Each worker drives its requests concurrently as a `FuturesUnordered` and records
+//! into its own [`Recorder`]; the recorders are merged when the run ends. Nothing on the per-request path
+//! takes a contended lock; two relaxed counters feed the progress bar.
 //!
 //! **Closed loop** (`--concurrency N`): N requests in flight at all times, split across the workers; a
 //! new request starts when one finishes. Latency counts from the moment a request is sent.
@@ -23,25 +25,27 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use thespian_agent::proto::Nothing;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status};
 
 use crate::cli::Method;
 use crate::probe::ProbeError;
-use crate::probe::conn::{Client, Pool, never_sent};
+use crate::probe::conn::{Client, Pool, Refresh, never_sent};
 use crate::probe::schedule::{self, Schedule};
 use crate::probe::stats::{Recorder, Sample};
 use crate::probe::trace::{TRACEPARENT, TraceParent};
+use crate::target::Endpoint;
 
 /// Metadata the agent sets on every reply (and error status): which instance answered.
 pub const INSTANCE_HEADER: &str = "x-thespian-instance";
 
-/// What the workers share.
+/// What the requests of one engine thread (or of a single shot) share.
 pub struct Shared {
     pub pool: Pool,
     pub method: Method,
     pub timeout: Duration,
-    pub progress: Progress,
+    pub progress: Arc<Progress>,
 }
 
 /// Counters for the progress display (relaxed atomics: read approximately, every few hundred ms).
@@ -78,8 +82,8 @@ pub struct LoadPlan {
 pub const DEFAULT_DURATION: Duration = Duration::from_secs(10);
 
 impl LoadPlan {
-    /// Worker tasks (and connections) the run uses: one per connection, but never more than requests
-    /// that can be in flight in a closed loop.
+    /// Workers (and connections) the run uses: one per connection, but never more than requests that
+    /// can be in flight in a closed loop.
     pub fn workers(&self, connections: usize) -> usize {
         let connections = connections.max(1);
         match self.pacing {
@@ -140,7 +144,7 @@ struct Outcome {
 /// Sends one request with the trace header and the deadline (as `grpc-timeout`, and enforced here too, so
 /// a server that cannot answer at all — stopped, partitioned — still yields `DEADLINE_EXCEEDED` on time).
 async fn call(
-    mut client: Client,
+    client: Client,
     method: Method,
     trace: &TraceParent,
     deadline: Instant,
@@ -149,18 +153,21 @@ async fn call(
     request.metadata_mut().insert(TRACEPARENT, trace.metadata_value());
     request.set_timeout(deadline.saturating_duration_since(Instant::now()));
     let reply = async move {
-        match method {
-            Method::A => client.a(request).await,
-            Method::B => client.b(request).await,
-            Method::C => client.c(request).await,
+        match (client, method) {
+            (Client::H2(mut c), Method::A) => c.a(request).await,
+            (Client::H2(mut c), Method::B) => c.b(request).await,
+            (Client::H2(mut c), Method::C) => c.c(request).await,
+            (Client::Tonic(mut c), Method::A) => c.a(request).await,
+            (Client::Tonic(mut c), Method::B) => c.b(request).await,
+            (Client::Tonic(mut c), Method::C) => c.c(request).await,
         }
     };
     match tokio::time::timeout_at(deadline.into(), reply).await {
-        // A server that enforces grpc-timeout may answer at the deadline itself; tonic servers say
-        // CANCELLED then. For the caller the deadline passed, as gRPC clients report it.
         Err(_) => Err(Status::deadline_exceeded(
             "no reply before the deadline (--timeout)",
         )),
+        // A server (or tonic's channel) that enforces grpc-timeout may answer at the deadline itself;
+        // tonic says CANCELLED then. For the caller the deadline passed, as gRPC clients report it.
         Ok(Err(status)) if status.code() == Code::Cancelled && Instant::now() >= deadline => {
             let mut late = Status::deadline_exceeded(format!(
                 "the server gave up at the deadline (--timeout): {}",
@@ -178,8 +185,8 @@ fn retry_backoff(attempt: u64) -> Duration {
     Duration::from_millis(5u64.saturating_mul(1 << attempt.min(6)).min(250))
 }
 
-/// One request on `slot`, re-sent (transparently, as gRPC clients do) while the connection cannot be
-/// established and the deadline allows; see [`conn`](super::conn).
+/// One request on local slot `slot`, re-sent (transparently, as gRPC clients do) while it cannot reach a
+/// server and the deadline allows; see [`conn`](super::conn).
 async fn request(
     shared: &Shared,
     slot: usize,
@@ -268,106 +275,288 @@ pub async fn single_shot(shared: &Shared) -> Shot {
     }
 }
 
-/// Runs a load plan until it is done or `cancel` fires. `on_tick` is called every `tick` with progress.
-pub async fn run_load(
-    shared: Arc<Shared>,
-    plan: LoadPlan,
-    cancel: CancellationToken,
-    tick: Duration,
-    mut on_tick: impl FnMut(Tick),
-) -> Result<RunResult, ProbeError> {
-    let workers = plan.workers(shared.pool.len());
-    let t0 = Instant::now();
-    let stop = cancel.child_token();
-    let mut handles = Vec::with_capacity(workers);
-    match plan.pacing {
-        Pacing::Closed { concurrency } => {
-            let budget = Arc::new(Budget {
-                limit: plan.requests,
-                claimed: AtomicU64::new(0),
-                end: plan.closed_end(t0),
-            });
-            for (w, slots) in schedule::split(u64::from(concurrency), workers)
-                .into_iter()
-                .enumerate()
-            {
-                let worker = closed_worker(shared.clone(), w, slots as usize, budget.clone(), stop.clone());
-                handles.push(tokio::spawn(worker));
-            }
-        }
-        Pacing::Open { rate, max_in_flight } => {
-            let sched = Schedule::new(t0, rate, plan.open_total(rate));
-            for (w, cap) in schedule::split(u64::from(max_in_flight), workers)
-                .into_iter()
-                .enumerate()
-            {
-                let worker = open_worker(
-                    shared.clone(),
-                    w,
-                    workers,
-                    sched,
-                    (cap as usize).max(1),
-                    stop.clone(),
-                );
-                handles.push(tokio::spawn(worker));
-            }
-        }
-    }
-
-    let mut ticker = tokio::time::interval(tick);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut all = futures_util::future::join_all(handles);
-    let joined = loop {
-        tokio::select! {
-            joined = &mut all => break joined,
-            _ = ticker.tick() => on_tick(Tick {
-                done: shared.progress.done.load(Ordering::Relaxed),
-                failed: shared.progress.failed.load(Ordering::Relaxed),
-                elapsed: t0.elapsed(),
-            }),
-        }
-    };
-
-    let mut recorder = Recorder::new();
-    let mut last_end = t0;
-    let mut interrupted = false;
-    for result in joined {
-        let w = result.map_err(|source| ProbeError::Worker { source })?;
-        recorder.merge(w.recorder);
-        last_end = last_end.max(w.last_end);
-        interrupted |= w.interrupted;
-    }
-    let elapsed = if interrupted { t0.elapsed() } else { last_end - t0 };
-    Ok(RunResult {
-        recorder,
-        elapsed,
-        interrupted,
-        workers,
-    })
+/// Where and how a load run connects.
+pub struct LoadTarget {
+    pub endpoints: Vec<Endpoint>,
+    /// Connections requested (the run may use fewer: see [`LoadPlan::workers`]).
+    pub connections: usize,
+    /// Engine threads requested (never more than connections).
+    pub threads: usize,
+    pub connect_timeout: Duration,
+    pub refresh: Option<Refresh>,
+    pub method: Method,
+    pub timeout: Duration,
 }
 
-struct WorkerResult {
-    recorder: Recorder,
-    last_end: Instant,
-    interrupted: bool,
-}
-
-/// The closed loop's shared request budget: `-n` tickets and/or an end time.
+/// The open-loop budget of requests shared by the closed-loop workers (`-n`).
 struct Budget {
     limit: Option<u64>,
     claimed: AtomicU64,
-    end: Option<Instant>,
 }
 
 impl Budget {
-    fn claim(&self) -> bool {
-        if self.end.is_some_and(|end| Instant::now() >= end) {
+    fn claim(&self, end: Option<Instant>) -> bool {
+        if end.is_some_and(|end| Instant::now() >= end) {
             return false;
         }
         match self.limit {
             Some(limit) => self.claimed.fetch_add(1, Ordering::Relaxed) < limit,
             None => true,
         }
+    }
+}
+
+/// What one engine thread (or worker) hands back.
+#[derive(Debug)]
+struct Partial {
+    recorder: Recorder,
+    last_end: Instant,
+    interrupted: bool,
+}
+
+/// A load run whose connections are all established, waiting for [`Prepared::run`].
+pub struct Prepared {
+    plan: LoadPlan,
+    workers: usize,
+    threads: usize,
+    progress: Arc<Progress>,
+    go: Vec<oneshot::Sender<Instant>>,
+    done: Vec<oneshot::Receiver<Partial>>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("workers", &self.workers)
+            .field("threads", &self.threads)
+            .finish()
+    }
+}
+
+/// Starts the engine threads and opens every connection of a load run. Returns once all are
+/// established (or with the first connection error). Dropping the result stops the threads.
+pub async fn prepare(
+    target: LoadTarget,
+    plan: LoadPlan,
+    cancel: CancellationToken,
+) -> Result<Prepared, ProbeError> {
+    let workers = plan.workers(target.connections);
+    let threads = target.threads.clamp(1, workers);
+    let progress = Arc::new(Progress::default());
+    let budget = Arc::new(Budget {
+        limit: plan.requests,
+        claimed: AtomicU64::new(0),
+    });
+    // Per worker: its share of the concurrency (closed) or of the in-flight cap (open).
+    let shares = Arc::new(match plan.pacing {
+        Pacing::Closed { concurrency } => schedule::split(u64::from(concurrency), workers),
+        Pacing::Open { max_in_flight, .. } => schedule::split(u64::from(max_in_flight), workers),
+    });
+    let endpoints = Arc::new(target.endpoints);
+    let refresh = target.refresh.map(Arc::new);
+
+    let mut go = Vec::with_capacity(threads);
+    let mut done = Vec::with_capacity(threads);
+    let mut ready = Vec::with_capacity(threads);
+    for t in 0..threads {
+        let (ready_tx, ready_rx) = oneshot::channel::<Result<(), ProbeError>>();
+        let (go_tx, go_rx) = oneshot::channel::<Instant>();
+        let (done_tx, done_rx) = oneshot::channel::<Partial>();
+        let thread = EngineThread {
+            slots: (t..workers).step_by(threads).collect(),
+            workers,
+            endpoints: endpoints.clone(),
+            connect_timeout: target.connect_timeout,
+            refresh: refresh.clone(),
+            method: target.method,
+            timeout: target.timeout,
+            plan,
+            shares: shares.clone(),
+            budget: budget.clone(),
+            progress: progress.clone(),
+            cancel: cancel.clone(),
+        };
+        std::thread::Builder::new()
+            .name(format!("probe-{t}"))
+            .spawn(move || thread.run(ready_tx, go_rx, done_tx))
+            .map_err(|source| ProbeError::Threads { source })?;
+        ready.push(ready_rx);
+        go.push(go_tx);
+        done.push(done_rx);
+    }
+    for r in ready {
+        match r.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(ProbeError::Worker {
+                    what: "an engine thread stopped while connecting".into(),
+                });
+            }
+        }
+    }
+    Ok(Prepared {
+        plan,
+        workers,
+        threads,
+        progress,
+        go,
+        done,
+    })
+}
+
+impl Prepared {
+    /// Connections (and workers) of the run.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Runs the load until it is done or the cancellation token fires; `on_tick` is called every `tick`.
+    pub async fn run(self, tick: Duration, mut on_tick: impl FnMut(Tick)) -> Result<RunResult, ProbeError> {
+        let t0 = Instant::now();
+        for go in self.go {
+            // A thread that is gone shows up below as a missing result.
+            let _ = go.send(t0);
+        }
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut all = futures_util::future::join_all(self.done);
+        let joined = loop {
+            tokio::select! {
+                joined = &mut all => break joined,
+                _ = ticker.tick() => on_tick(Tick {
+                    done: self.progress.done.load(Ordering::Relaxed),
+                    failed: self.progress.failed.load(Ordering::Relaxed),
+                    elapsed: t0.elapsed(),
+                }),
+            }
+        };
+        let mut recorder = Recorder::new();
+        let mut last_end = t0;
+        let mut interrupted = false;
+        for partial in joined {
+            let partial = partial.map_err(|_| ProbeError::Worker {
+                what: "an engine thread ended without its results".into(),
+            })?;
+            recorder.merge(partial.recorder);
+            last_end = last_end.max(partial.last_end);
+            interrupted |= partial.interrupted;
+        }
+        let _ = self.plan;
+        Ok(RunResult {
+            recorder,
+            elapsed: if interrupted { t0.elapsed() } else { last_end - t0 },
+            interrupted,
+            workers: self.workers,
+        })
+    }
+}
+
+/// One engine thread: a single-threaded runtime with some of the run's connections and their workers.
+struct EngineThread {
+    /// The global indices of this thread's connections (= its workers).
+    slots: Vec<usize>,
+    workers: usize,
+    endpoints: Arc<Vec<Endpoint>>,
+    connect_timeout: Duration,
+    refresh: Option<Arc<Refresh>>,
+    method: Method,
+    timeout: Duration,
+    plan: LoadPlan,
+    shares: Arc<Vec<u64>>,
+    budget: Arc<Budget>,
+    progress: Arc<Progress>,
+    cancel: CancellationToken,
+}
+
+impl EngineThread {
+    fn run(
+        self,
+        ready: oneshot::Sender<Result<(), ProbeError>>,
+        go: oneshot::Receiver<Instant>,
+        done: oneshot::Sender<Partial>,
+    ) {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(source) => {
+                let _ = ready.send(Err(ProbeError::Threads { source }));
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            let connect = Pool::connect(
+                self.endpoints.to_vec(),
+                &self.slots,
+                self.connect_timeout,
+                self.refresh.clone(),
+            );
+            let pool = match connect.await {
+                Ok(pool) => pool,
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                    return;
+                }
+            };
+            if ready.send(Ok(())).is_err() {
+                return; // the probe gave up (another connection failed, or Ctrl-C)
+            }
+            let Ok(t0) = go.await else {
+                return;
+            };
+            let shared = Arc::new(Shared {
+                pool,
+                method: self.method,
+                timeout: self.timeout,
+                progress: self.progress.clone(),
+            });
+            let mut tasks = Vec::with_capacity(self.slots.len());
+            for (local, &global) in self.slots.iter().enumerate() {
+                let share = self.shares[global] as usize;
+                let cancel = self.cancel.clone();
+                let task = match self.plan.pacing {
+                    Pacing::Closed { .. } => tokio::spawn(closed_worker(
+                        shared.clone(),
+                        local,
+                        share,
+                        self.budget.clone(),
+                        self.plan.closed_end(t0),
+                        cancel,
+                    )),
+                    Pacing::Open { rate, .. } => {
+                        let sched = Schedule::new(t0, rate, self.plan.open_total(rate));
+                        tokio::spawn(open_worker(
+                            shared.clone(),
+                            local,
+                            global,
+                            self.workers,
+                            sched,
+                            share.max(1),
+                            cancel,
+                        ))
+                    }
+                };
+                tasks.push(task);
+            }
+            let mut merged = Partial {
+                recorder: Recorder::new(),
+                last_end: t0,
+                interrupted: false,
+            };
+            for task in tasks {
+                // A worker that panicked loses its results; the missing `done` reports it.
+                let Ok(partial) = task.await else {
+                    return;
+                };
+                merged.recorder.merge(partial.recorder);
+                merged.last_end = merged.last_end.max(partial.last_end);
+                merged.interrupted |= partial.interrupted;
+            }
+            let _ = done.send(merged);
+        });
     }
 }
 
@@ -388,15 +577,16 @@ async fn closed_worker(
     slot: usize,
     slots: usize,
     budget: Arc<Budget>,
+    end: Option<Instant>,
     cancel: CancellationToken,
-) -> WorkerResult {
+) -> Partial {
     let shared = &*shared;
     let mut rec = Recorder::new();
     let mut last_end = Instant::now();
     let mut interrupted = false;
     let mut inflight = FuturesUnordered::new();
     loop {
-        while inflight.len() < slots && budget.claim() {
+        while inflight.len() < slots && budget.claim(end) {
             let now = Instant::now();
             inflight.push(request(
                 shared,
@@ -421,7 +611,7 @@ async fn closed_worker(
             }
         }
     }
-    WorkerResult {
+    Partial {
         recorder: rec,
         last_end,
         interrupted,
@@ -431,18 +621,19 @@ async fn closed_worker(
 async fn open_worker(
     shared: Arc<Shared>,
     slot: usize,
+    worker: usize,
     workers: usize,
     sched: Schedule,
     cap: usize,
     cancel: CancellationToken,
-) -> WorkerResult {
+) -> Partial {
     let shared = &*shared;
     let step = workers as u64;
     let mut rec = Recorder::new();
     let mut last_end = sched.t0;
     let mut interrupted = false;
     let mut inflight = FuturesUnordered::new();
-    let mut next = slot as u64;
+    let mut next = worker as u64;
     // Requests up to this index were due while the in-flight cap was reached (they start late).
     let mut blocked_through: Option<u64> = None;
     loop {
@@ -498,7 +689,7 @@ async fn open_worker(
             () = tokio::time::sleep_until(wake.unwrap_or(now).into()), if wake.is_some() => {}
         }
     }
-    WorkerResult {
+    Partial {
         recorder: rec,
         last_end,
         interrupted,
@@ -513,35 +704,49 @@ mod tests {
     use crate::probe::testserver::{Behaviour, TestServer};
     use crate::target::Endpoint;
 
-    async fn shared(
+    async fn single(address: &str, timeout_ms: u64) -> Shared {
+        let endpoint = parse_address(address).unwrap();
+        let pool = Pool::connect(vec![endpoint], &[0], Duration::from_secs(2), None)
+            .await
+            .unwrap();
+        Shared {
+            pool,
+            method: Method::A,
+            timeout: Duration::from_millis(timeout_ms),
+            progress: Arc::default(),
+        }
+    }
+
+    fn target(
         addresses: &[String],
         connections: usize,
         timeout_ms: u64,
         refresh: Option<Refresh>,
-    ) -> Arc<Shared> {
-        let endpoints = addresses.iter().map(|a| parse_address(a).unwrap()).collect();
-        let pool = Pool::connect(endpoints, connections, Duration::from_secs(2), refresh)
-            .await
-            .unwrap();
-        Arc::new(Shared {
-            pool,
+    ) -> LoadTarget {
+        LoadTarget {
+            endpoints: addresses.iter().map(|a| parse_address(a).unwrap()).collect(),
+            connections,
+            threads: 1,
+            connect_timeout: Duration::from_secs(2),
+            refresh,
             method: Method::A,
             timeout: Duration::from_millis(timeout_ms),
-            progress: Progress::default(),
-        })
+        }
     }
 
-    async fn run(shared: Arc<Shared>, plan: LoadPlan) -> (Summary, RunResult) {
-        let result = run_load(
-            shared,
-            plan,
-            CancellationToken::new(),
-            Duration::from_millis(50),
-            |_| {},
-        )
-        .await
-        .unwrap();
+    async fn load_with(
+        target: LoadTarget,
+        plan: LoadPlan,
+        cancel: CancellationToken,
+        on_tick: impl FnMut(Tick),
+    ) -> (Summary, RunResult) {
+        let prepared = prepare(target, plan, cancel).await.unwrap();
+        let result = prepared.run(Duration::from_millis(50), on_tick).await.unwrap();
         (result.recorder.summary(), result)
+    }
+
+    async fn load(target: LoadTarget, plan: LoadPlan) -> (Summary, RunResult) {
+        load_with(target, plan, CancellationToken::new(), |_| {}).await
     }
 
     fn closed(concurrency: u32, requests: Option<u64>, duration_ms: Option<u64>) -> LoadPlan {
@@ -563,7 +768,7 @@ mod tests {
     #[tokio::test]
     async fn single_shot_reports_code_instance_and_the_trace_it_sent() {
         let server = TestServer::start(Behaviour::ok("gilbert-0", 5)).await;
-        let shared = shared(&[server.address()], 1, 2_000, None).await;
+        let shared = single(&server.address(), 2_000).await;
         let shot = single_shot(&shared).await;
         assert_eq!(shot.code, Code::Ok);
         assert_eq!(shot.instance.as_deref(), Some("gilbert-0"));
@@ -591,7 +796,7 @@ mod tests {
             ..Behaviour::ok("gilbert-1", 0)
         })
         .await;
-        let shared = shared(&[server.address()], 1, 2_000, None).await;
+        let shared = single(&server.address(), 2_000).await;
         let shot = single_shot(&shared).await;
         assert_eq!(shot.code, Code::Internal);
         assert_eq!(shot.message, "action failed");
@@ -602,7 +807,7 @@ mod tests {
     async fn a_server_that_does_not_answer_yields_deadline_exceeded_on_time() {
         let server = TestServer::start(Behaviour::ok("slow", 0)).await;
         server.set_stalled(true);
-        let shared = shared(&[server.address()], 1, 150, None).await;
+        let shared = single(&server.address(), 150).await;
         let shot = single_shot(&shared).await;
         assert_eq!(shot.code, Code::DeadlineExceeded);
         assert!(shot.latency >= Duration::from_millis(150), "{:?}", shot.latency);
@@ -612,8 +817,8 @@ mod tests {
     #[tokio::test]
     async fn every_request_carries_a_fresh_traceparent() {
         let server = TestServer::start(Behaviour::ok("g", 0)).await;
-        let shared = shared(&[server.address()], 2, 2_000, None).await;
-        let (summary, _) = run(shared, closed(4, Some(100), None)).await;
+        let target = target(&[server.address()], 2, 2_000, None);
+        let (summary, _) = load(target, closed(4, Some(100), None)).await;
         assert_eq!(summary.requests, 100);
         let seen = server.seen();
         let ids: std::collections::HashSet<_> = seen.iter().map(|s| s.traceparent.clone().unwrap()).collect();
@@ -628,8 +833,8 @@ mod tests {
             ..Behaviour::ok("g-0", 1)
         })
         .await;
-        let shared = shared(&[server.address()], 4, 2_000, None).await;
-        let (summary, result) = run(shared, closed(8, Some(100), None)).await;
+        let target = target(&[server.address()], 4, 2_000, None);
+        let (summary, result) = load(target, closed(8, Some(100), None)).await;
         assert_eq!(summary.requests, 100);
         assert_eq!(summary.ok, 75);
         assert_eq!(summary.errors.get("INTERNAL"), Some(&25));
@@ -648,8 +853,8 @@ mod tests {
         // 8 in flight against a 20 ms server for 300 ms: about 8 × 15 = 120 requests, far more than the
         // 15 a sequential client would manage.
         let server = TestServer::start(Behaviour::ok("g", 20)).await;
-        let shared = shared(&[server.address()], 2, 2_000, None).await;
-        let (summary, result) = run(shared, closed(8, None, Some(300))).await;
+        let target = target(&[server.address()], 2, 2_000, None);
+        let (summary, result) = load(target, closed(8, None, Some(300))).await;
         assert!(summary.requests >= 60, "{}", summary.requests);
         assert!(summary.requests <= 8 * 16, "{}", summary.requests);
         let l = summary.latency.unwrap();
@@ -661,9 +866,11 @@ mod tests {
     async fn connections_spread_requests_over_every_endpoint() {
         let a = TestServer::start(Behaviour::ok("a", 1)).await;
         let b = TestServer::start(Behaviour::ok("b", 1)).await;
-        let shared = shared(&[a.address(), b.address()], 4, 2_000, None).await;
-        let (summary, _) = run(shared, open(400.0, 100, Some(200), None)).await;
-        // Open loop stripes requests evenly over the 4 connections, 2 per endpoint.
+        let mut target = target(&[a.address(), b.address()], 4, 2_000, None);
+        target.threads = 2;
+        let (summary, _) = load(target, open(400.0, 100, Some(200), None)).await;
+        // Open loop stripes requests evenly over the 4 connections, 2 per endpoint, whichever of the 2
+        // engine threads drives them.
         assert_eq!(summary.instances.get("a"), Some(&100));
         assert_eq!(summary.instances.get("b"), Some(&100));
     }
@@ -671,8 +878,8 @@ mod tests {
     #[tokio::test]
     async fn open_loop_sends_the_whole_schedule_on_time() {
         let server = TestServer::start(Behaviour::ok("g", 2)).await;
-        let shared = shared(&[server.address()], 2, 2_000, None).await;
-        let (summary, result) = run(shared, open(500.0, 1_000, None, Some(400))).await;
+        let target = target(&[server.address()], 2, 2_000, None);
+        let (summary, result) = load(target, open(500.0, 1_000, None, Some(400))).await;
         assert_eq!(summary.requests, 200);
         assert_eq!(summary.ok, 200);
         assert_eq!(summary.delayed, 0);
@@ -698,14 +905,14 @@ mod tests {
     #[tokio::test]
     async fn open_loop_shows_a_stall_that_closed_loop_would_hide() {
         let server = TestServer::start(Behaviour::ok("g", 1)).await;
-        let shared = shared(&[server.address()], 2, 5_000, None).await;
+        let target = target(&[server.address()], 2, 5_000, None);
         let stall = async {
             tokio::time::sleep(Duration::from_millis(200)).await;
             server.set_stalled(true);
             tokio::time::sleep(Duration::from_millis(400)).await;
             server.set_stalled(false);
         };
-        let ((summary, _), ()) = tokio::join!(run(shared, open(200.0, 1_000, None, Some(1_000))), stall);
+        let ((summary, _), ()) = tokio::join!(load(target, open(200.0, 1_000, None, Some(1_000))), stall);
         // Nothing dropped: the 80 requests due during the stall were sent and waited.
         assert_eq!(summary.requests, 200);
         assert_eq!(summary.ok, 200);
@@ -720,8 +927,8 @@ mod tests {
     async fn the_in_flight_cap_delays_requests_but_never_drops_them() {
         // 2 in flight at most, 50 ms per request, 200 due per second for 300 ms: the cap binds at once.
         let server = TestServer::start(Behaviour::ok("g", 50)).await;
-        let shared = shared(&[server.address()], 1, 5_000, None).await;
-        let (summary, _) = run(shared, open(200.0, 2, None, Some(300))).await;
+        let target = target(&[server.address()], 1, 5_000, None);
+        let (summary, _) = load(target, open(200.0, 2, None, Some(300))).await;
         assert_eq!(
             summary.requests, 60,
             "every scheduled request is accounted for: {summary:?}"
@@ -741,8 +948,8 @@ mod tests {
         // request holds the slot until its deadline, and most due requests run out of time waiting.
         let server = TestServer::start(Behaviour::ok("g", 0)).await;
         server.set_stalled(true);
-        let shared = shared(&[server.address()], 1, 50, None).await;
-        let (summary, _) = run(shared, open(5_000.0, 1, None, Some(200))).await;
+        let target = target(&[server.address()], 1, 50, None);
+        let (summary, _) = load(target, open(5_000.0, 1, None, Some(200))).await;
         assert_eq!(summary.requests, 1_000, "{summary:?}");
         assert_eq!(
             summary.errors.get("DEADLINE_EXCEEDED"),
@@ -762,7 +969,7 @@ mod tests {
     #[tokio::test]
     async fn cancellation_stops_the_run_with_partial_results() {
         let server = TestServer::start(Behaviour::ok("g", 5)).await;
-        let shared = shared(&[server.address()], 2, 2_000, None).await;
+        let target = target(&[server.address()], 2, 2_000, None);
         let cancel = CancellationToken::new();
         let stopper = {
             let cancel = cancel.clone();
@@ -773,39 +980,30 @@ mod tests {
         };
         let started = Instant::now();
         let (result, ()) = tokio::join!(
-            run_load(
-                shared,
-                open(200.0, 100, None, Some(10_000)),
-                cancel,
-                Duration::from_millis(50),
-                |_| {}
-            ),
+            load_with(target, open(200.0, 100, None, Some(10_000)), cancel, |_| {}),
             stopper
         );
-        let result = result.unwrap();
+        let (summary, result) = result;
         assert!(result.interrupted);
         assert!(started.elapsed() < Duration::from_secs(2));
-        let requests = result.recorder.requests();
-        assert!((20..=60).contains(&requests), "{requests}");
+        assert!((20..=60).contains(&summary.requests), "{}", summary.requests);
     }
 
     #[tokio::test]
     async fn progress_ticks_while_the_run_goes() {
         let server = TestServer::start(Behaviour::ok("g", 1)).await;
-        let shared = shared(&[server.address()], 1, 2_000, None).await;
+        let target = target(&[server.address()], 1, 2_000, None);
         let mut ticks = Vec::new();
-        let result = run_load(
-            shared,
+        let (summary, _) = load_with(
+            target,
             open(200.0, 100, None, Some(300)),
             CancellationToken::new(),
-            Duration::from_millis(50),
             |t| ticks.push(t),
         )
-        .await
-        .unwrap();
+        .await;
         assert!(ticks.len() >= 4, "{}", ticks.len());
         assert!(ticks.windows(2).all(|w| w[0].done <= w[1].done));
-        assert!(ticks.last().unwrap().done <= result.recorder.requests());
+        assert!(ticks.last().unwrap().done <= summary.requests);
     }
 
     #[tokio::test]
@@ -822,16 +1020,32 @@ mod tests {
             let list = vec![new_endpoint.clone()];
             Box::pin(async move { Some(list) })
         });
-        let shared = shared(&[old.address()], 2, 2_000, Some(refresh)).await;
+        let target = target(&[old.address()], 2, 2_000, Some(refresh));
         let stop_old = async {
             tokio::time::sleep(Duration::from_millis(150)).await;
             old.stop().await;
         };
-        let ((summary, _), ()) = tokio::join!(run(shared, open(200.0, 100, None, Some(500))), stop_old);
+        let ((summary, _), ()) = tokio::join!(load(target, open(200.0, 100, None, Some(500))), stop_old);
         assert_eq!(summary.requests, 100);
         assert_eq!(summary.ok, 100, "errors: {:?}", summary.first_errors);
         assert!(summary.instances.get("old").is_some_and(|n| *n > 0));
         assert!(summary.instances.get("new").is_some_and(|n| *n > 0));
         assert!(summary.retried > 0);
+    }
+
+    #[tokio::test]
+    async fn a_load_run_reports_an_unreachable_endpoint_before_measuring() {
+        let up = TestServer::start(Behaviour::ok("up", 0)).await;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let target = target(&[up.address(), format!("127.0.0.1:{port}")], 4, 2_000, None);
+        let err = prepare(target, closed(4, Some(10), None), CancellationToken::new())
+            .await
+            .expect_err("a refused endpoint fails the run");
+        assert!(matches!(err, ProbeError::Connect { .. }), "{err:?}");
+        assert!(up.seen().is_empty(), "nothing was sent");
     }
 }

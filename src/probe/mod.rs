@@ -9,6 +9,7 @@
 //! - [`gates`]: `--max-error-rate`, `--max-p99`.
 //! - [`report`]: the published result (stable JSON keys).
 //! - [`trace`]: the W3C `traceparent` each request carries.
+//! - [`transport`]: the lean HTTP/2 transport of plaintext endpoints.
 
 pub mod conn;
 pub mod engine;
@@ -19,6 +20,7 @@ pub mod stats;
 #[cfg(test)]
 mod testserver;
 pub mod trace;
+pub mod transport;
 
 use crate::error::exit;
 
@@ -54,7 +56,7 @@ pub enum ProbeError {
         label: String,
         uri: String,
         #[source]
-        source: tonic::transport::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 
     /// The connection could not be established before any request was sent.
@@ -67,14 +69,18 @@ pub enum ProbeError {
         uri: String,
         problem: ConnectProblem,
         #[source]
-        source: tonic::transport::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 
-    /// A load worker ended abnormally (a bug: the results would be incomplete).
-    #[error("a probe worker failed; the results would be incomplete")]
-    Worker {
+    /// A load thread or worker ended abnormally (a bug: the results would be incomplete).
+    #[error("a probe worker failed ({what}); the results would be incomplete")]
+    Worker { what: String },
+
+    /// The load threads could not be started.
+    #[error("could not start the probe's load threads")]
+    Threads {
         #[source]
-        source: tokio::task::JoinError,
+        source: std::io::Error,
     },
 }
 
@@ -96,7 +102,7 @@ impl ProbeError {
             | ProbeError::NoEndpoints
             | ProbeError::BadEndpoint { .. }
             | ProbeError::Connect { .. } => exit::USAGE,
-            ProbeError::Worker { .. } => exit::FAILED,
+            ProbeError::Worker { .. } | ProbeError::Threads { .. } => exit::FAILED,
         }
     }
 }

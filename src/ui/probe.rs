@@ -4,7 +4,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::probe::engine::{LoadPlan, Pacing, Tick};
 use crate::probe::gates::{Gate, Verdict};
-use crate::probe::report::{LatencyFrom, Mode, ProbeReport};
+use crate::probe::report::{LatencyFrom, Mode, ProbeReport, RunInfo};
 use crate::ui::{Report, Style, Ui};
 
 /// Latency for people, always in milliseconds so columns compare at a glance: `0.41 ms`, `20.3 ms`,
@@ -37,7 +37,7 @@ fn fmt_rate(rate: f64) -> String {
 
 /// What a load run is about to do, on stderr (not in JSON mode). Printed once the connections are up,
 /// right before the first request.
-pub fn announce(ui: &Ui, target: &str, method: &str, plan: &LoadPlan, connections: usize, endpoints: usize) {
+pub fn announce(ui: &Ui, info: &RunInfo, plan: &LoadPlan, threads: usize) {
     let pacing = match plan.pacing {
         Pacing::Closed { concurrency } => format!("closed loop, {concurrency} in flight"),
         Pacing::Open { rate, .. } => format!("open loop, {} req/s", fmt_rate(rate)),
@@ -51,14 +51,20 @@ pub fn announce(ui: &Ui, target: &str, method: &str, plan: &LoadPlan, connection
             humantime::format_duration(crate::probe::engine::DEFAULT_DURATION)
         ),
     };
-    let endpoints = if endpoints == 1 {
-        "1 address".to_string()
-    } else {
-        format!("{endpoints} addresses")
+    let plural = |n: usize, one: &str, many: &str| {
+        if n == 1 {
+            format!("1 {one}")
+        } else {
+            format!("{n} {many}")
+        }
     };
     ui.info(format!(
-        "probing {target} ({method}): {pacing}, {length}, {connections} connection{} to {endpoints}",
-        if connections == 1 { "" } else { "s" }
+        "probing {} ({:?}): {pacing}, {length}, {} to {}, {}",
+        info.target,
+        info.method,
+        plural(info.connections, "connection", "connections"),
+        plural(info.endpoints.len(), "address", "addresses"),
+        plural(threads, "thread", "threads"),
     ));
 }
 
