@@ -16,7 +16,7 @@ use thespian_agent::proto::thespian_client::ThespianClient;
 use tonic::transport::{Channel, ClientTlsConfig};
 
 use crate::probe::ProbeError;
-use crate::probe::transport::{self, H2Conn};
+use crate::probe::transport::{self, H2Client};
 use crate::target::Endpoint;
 
 /// Re-resolves the thespian's endpoints (`None` when that fails: the last known list stays in use).
@@ -28,12 +28,12 @@ const REFRESH_MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// A slot whose connection could not be re-established is not redialled more often than this.
 const REDIAL_MIN_INTERVAL: Duration = Duration::from_millis(20);
 
-/// A client on one connection: the generated `ThespianClient` over the lean HTTP/2 transport for
-/// plaintext endpoints, over tonic's `Channel` for TLS ones. Cheap to clone (once per request).
+/// A gRPC client on one connection: the lean client of [`transport`] for plaintext endpoints, the
+/// generated `ThespianClient` over tonic's `Channel` for TLS ones. Cheap to clone (once per request).
 #[derive(Debug, Clone)]
 pub enum Client {
-    H2(ThespianClient<H2Conn>),
-    Tonic(ThespianClient<Channel>),
+    H2(H2Client),
+    Tls(ThespianClient<Channel>),
 }
 
 /// Parses `--address`: `HOST:PORT` (plain-text HTTP/2, as agents listen), or an `http://` / `https://` URL.
@@ -107,13 +107,14 @@ async fn open(ep: &Endpoint, connect_timeout: Duration) -> Result<Client, ProbeE
             .connect()
             .await
             .map_err(|e| failed(Box::new(e)))?;
-        return Ok(Client::Tonic(ThespianClient::new(channel)));
+        return Ok(Client::Tls(ThespianClient::new(channel)));
     }
     let uri: http::Uri = ep.uri.parse().map_err(|e| bad_endpoint(ep, e))?;
     let conn = transport::dial(&uri, connect_timeout)
         .await
         .map_err(|e| failed(Box::new(e)))?;
-    Ok(Client::H2(ThespianClient::with_origin(conn, uri)))
+    let client = H2Client::new(conn, &uri).map_err(|e| bad_endpoint(ep, e))?;
+    Ok(Client::H2(client))
 }
 
 /// Why a connection could not be made, for the message.
@@ -283,7 +284,7 @@ impl Pool {
                 return; // tonic's channel redials by itself
             }
             match tls_endpoint(ep, self.connect_timeout) {
-                Ok(endpoint) => Client::Tonic(ThespianClient::new(endpoint.connect_lazy())),
+                Ok(endpoint) => Client::Tls(ThespianClient::new(endpoint.connect_lazy())),
                 Err(_) => return,
             }
         } else {

@@ -46,12 +46,15 @@ impl TraceParent {
         out
     }
 
-    /// The header as gRPC metadata.
+    /// The header as gRPC metadata, marked "never indexed": every request's value is new, so adding it
+    /// to the HPACK tables would only evict headers that do repeat (both peers save the work).
     pub fn metadata_value(&self) -> AsciiMetadataValue {
         // The header is built from hex digits and dashes only, which are always valid ASCII metadata.
-        AsciiMetadataValue::try_from(self.header().as_slice()).unwrap_or_else(|_| {
+        let mut value = AsciiMetadataValue::try_from(self.header().as_slice()).unwrap_or_else(|_| {
             AsciiMetadataValue::from_static("00-00000000000000000000000000000001-0000000000000001-01")
-        })
+        });
+        value.set_sensitive(true);
+        value
     }
 }
 
