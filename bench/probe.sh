@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Probe speed, side by side with h2load against the same agent in the same run (docs/benchmarks.md, Probe).
 #
-#   bench/probe.sh               # release build, 3 rounds of 10 s each
+#   bench/probe.sh               # release build, 5 rounds of 10 s each
 #   ROUNDS=1 SECONDS_PER_RUN=5 bench/probe.sh
 #
 # 1. Closed loop: `thespctl probe --concurrency 64 --duration 10s` vs `h2load` with the same 64 streams
-#    over the same 4 connections (-c 4 -m 16), alternating, ROUNDS times. Goal: probe ≥ 0.8 × h2load.
+#    over the same 4 connections (-c 4 -m 16), alternating, ROUNDS times. Goal: probe ≥ 0.8 × h2load
+#    (the median of the per-round ratios: each round's two runs are seconds apart, so a change in the
+#    load of a shared machine affects both). Also reported: CPU per request of each client and of the
+#    agent, the figures that explain the ratio when both share the machine's cores.
 # 2. Open loop: `thespctl probe --rate 5000 --duration 10s`. Goal: ≥ 99 % of the rate achieved, p99
 #    reported from scheduled start times.
 #
@@ -15,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 SECS=${SECONDS_PER_RUN:-10}
 RATE=${RATE:-5000}
 
@@ -57,29 +60,52 @@ json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "agent: $addr (pid $agent_pid)"
 echo
-echo "closed loop, 64 in flight over 4 connections, ${SECS}s per run:"
+echo "closed loop, 64 in flight over 4 connections, ${SECS}s per run (CPU: microseconds per request):"
+agent_ticks() { awk '{print $14 + $15}' "/proc/$agent_pid/stat"; }
+hz=$(getconf CLK_TCK)
+run_h2load() {
+  local t0 t1
+  t0=$(agent_ticks)
+  /usr/bin/time -f '%U %S' -o "$work/h2.time" h2load -D "$SECS" -c 4 -m 16 -t 1 \
+    -H 'content-type: application/grpc' -H 'te: trailers' -d "$work/empty.grpc" \
+    "http://$addr/thespian.Thespian/A" >"$work/h2.out" 2>&1
+  t1=$(agent_ticks)
+  h2_rps=$(sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' "$work/h2.out")
+  h2_n=$(sed -n 's/^requests: \([0-9]*\) total.*/\1/p' "$work/h2.out")
+  h2_ok=$(sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p' "$work/h2.out")
+  h2_cpu=$(python3 -c "u, s = map(float, open('$work/h2.time').read().split()); print(f'{1e6 * (u + s) / $h2_n:.1f}')")
+  h2_agent=$(python3 -c "print(f'{1e6 * ($t1 - $t0) / $hz / $h2_n:.1f}')")
+}
+run_probe() {
+  local t0 t1
+  t0=$(agent_ticks)
+  /usr/bin/time -f '%U %S' -o "$work/p.time" "$bin" probe --address "$addr" --concurrency 64 --connections 4 \
+    --duration "${SECS}s" -o json >"$work/p.json"
+  t1=$(agent_ticks)
+  p_rps=$(json 'round(d["rps"], 1)' <"$work/p.json")
+  p_n=$(json 'd["requests"]' <"$work/p.json")
+  p_ok=$(json 'd["ok"]' <"$work/p.json")
+  p_p99=$(json 'd["latency_ms"]["p99"]' <"$work/p.json")
+  p_cpu=$(python3 -c "u, s = map(float, open('$work/p.time').read().split()); print(f'{1e6 * (u + s) / $p_n:.1f}')")
+  p_agent=$(python3 -c "print(f'{1e6 * ($t1 - $t0) / $hz / $p_n:.1f}')")
+}
+ratios=()
 probe_all=()
 h2_all=()
 for round in $(seq 1 "$ROUNDS"); do
-  h2=$(h2load -D "$SECS" -c 4 -m 16 -t 1 \
-         -H 'content-type: application/grpc' -H 'te: trailers' -d "$work/empty.grpc" \
-         "http://$addr/thespian.Thespian/A" 2>&1)
-  h2_rps=$(printf '%s\n' "$h2" | sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p')
-  h2_ok=$(printf '%s\n' "$h2" | sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p')
-  p=$("$bin" probe --address "$addr" --concurrency 64 --connections 4 --duration "${SECS}s" -o json)
-  p_rps=$(printf '%s' "$p" | json 'round(d["rps"], 1)')
-  p_ok=$(printf '%s' "$p" | json 'd["ok"]')
-  p_req=$(printf '%s' "$p" | json 'd["requests"]')
-  p_p99=$(printf '%s' "$p" | json 'd["latency_ms"]["p99"]')
+  # Alternate which client goes first, so a drift in the machine's load does not favour one of them.
+  if [ $((round % 2)) -eq 1 ]; then run_h2load; run_probe; else run_probe; run_h2load; fi
   ratio=$(python3 -c "print(f'{$p_rps / $h2_rps:.2f}')")
-  echo "  round $round: h2load $h2_rps req/s ($h2_ok succeeded) | probe $p_rps req/s ($p_ok OK of $p_req, p99 $p_p99 ms) | probe/h2load $ratio"
+  echo "  round $round: h2load $h2_rps req/s ($h2_ok of $h2_n succeeded; cpu h2load $h2_cpu, agent $h2_agent)" \
+       "| probe $p_rps req/s ($p_ok OK of $p_n, p99 $p_p99 ms; cpu probe $p_cpu, agent $p_agent) | ratio $ratio"
+  ratios+=("$ratio")
   probe_all+=("$p_rps")
   h2_all+=("$h2_rps")
 done
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
-pm=$(median "${probe_all[@]}")
-hm=$(median "${h2_all[@]}")
-echo "  median: h2load $hm req/s, probe $pm req/s, ratio $(python3 -c "print(f'{$pm / $hm:.2f}')") (goal ≥ 0.80)"
+echo "  median: h2load $(median "${h2_all[@]}") req/s, probe $(median "${probe_all[@]}") req/s;" \
+     "median of the per-round ratios $(median "${ratios[@]}") (goal ≥ 0.80)"
+echo "  load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 echo
 echo "open loop, --rate $RATE for ${SECS}s:"
