@@ -9,6 +9,8 @@
 //!   so a slow local writer makes us stop acking and the agent holds back.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
@@ -18,7 +20,7 @@ use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -220,16 +222,120 @@ enum ConnEvent {
     Closed(String),
 }
 
+/// Bytes queued for the writer above which we stop taking new application data (acks still go).
+const WRITE_QUEUE_LIMIT: usize = 512 * 1024;
+
+/// One WebSocket connection: a reader task and a writer task, so the actor never blocks on the socket.
+/// It keeps reading (and acking or refusing) even while the gateway is slow to take our writes.
 struct Conn {
-    sink: SplitSink<Ws, Message>,
+    writer_tx: mpsc::UnboundedSender<Message>,
+    queued: Arc<AtomicUsize>,
+    drained: Arc<Notify>,
     events: mpsc::Receiver<ConnEvent>,
     reader: JoinHandle<()>,
+    writer: JoinHandle<()>,
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
         self.reader.abort();
+        self.writer.abort();
     }
+}
+
+impl Conn {
+    fn new(sink: SplitSink<Ws, Message>, stream: SplitStream<Ws>, dead_after: Duration) -> Conn {
+        let (tx, rx) = mpsc::channel(1024);
+        let (writer_tx, writer_rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let drained = Arc::new(Notify::new());
+        let reader = tokio::spawn(read_loop(stream, tx.clone()));
+        let writer = tokio::spawn(write_loop(
+            sink,
+            writer_rx,
+            queued.clone(),
+            drained.clone(),
+            tx,
+            dead_after,
+        ));
+        Conn {
+            writer_tx,
+            queued,
+            drained,
+            events: rx,
+            reader,
+            writer,
+        }
+    }
+
+    /// Queues a frame for the writer. Fails when the writer has stopped (the socket is gone).
+    fn send(&self, msg: Message) -> Step {
+        let len = msg.len();
+        self.queued.fetch_add(len, Ordering::Relaxed);
+        self.writer_tx
+            .send(msg)
+            .map_err(|_| Served::Lost("the WebSocket writer stopped".into()))
+    }
+
+    fn binary(&self, frame: Bytes) -> Step {
+        self.send(Message::Binary(frame))
+    }
+
+    fn congested(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) >= WRITE_QUEUE_LIMIT
+    }
+
+    /// Sends a close frame and gives the writer a moment to deliver it.
+    async fn close(mut self) {
+        let _ = self.writer_tx.send(Message::Close(None));
+        let (tx, _) = mpsc::unbounded_channel();
+        drop(std::mem::replace(&mut self.writer_tx, tx));
+        let _ = tokio::time::timeout(Duration::from_millis(500), &mut self.writer).await;
+    }
+}
+
+/// Feeds queued frames to the socket and flushes once per batch; reports a failed or blocked write.
+async fn write_loop(
+    mut sink: SplitSink<Ws, Message>,
+    mut rx: mpsc::UnboundedReceiver<Message>,
+    queued: Arc<AtomicUsize>,
+    drained: Arc<Notify>,
+    events: mpsc::Sender<ConnEvent>,
+    dead_after: Duration,
+) {
+    let fail = |reason: String| {
+        let events = events.clone();
+        async move {
+            let _ = events.send(ConnEvent::Closed(reason)).await;
+        }
+    };
+    while let Some(first) = rx.recv().await {
+        let mut batch = first.len();
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match tokio::time::timeout(dead_after, sink.feed(msg)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return fail(format!("WebSocket write failed: {e}")).await,
+                Err(_) => {
+                    return fail(format!("WebSocket write blocked for {}s", dead_after.as_secs())).await;
+                }
+            }
+            if batch < 256 * 1024
+                && let Ok(m) = rx.try_recv()
+            {
+                batch += m.len();
+                next = Some(m);
+            }
+        }
+        match tokio::time::timeout(dead_after, sink.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return fail(format!("WebSocket write failed: {e}")).await,
+            Err(_) => return fail(format!("WebSocket write blocked for {}s", dead_after.as_secs())).await,
+        }
+        queued.fetch_sub(batch, Ordering::Relaxed);
+        drained.notify_one();
+    }
+    let _ = sink.close().await;
 }
 
 /// Dials the stream URL, signs the upgrade (unless presigned), and sends the open-data-channel message.
@@ -239,6 +345,7 @@ async fn connect(
     client_id: &str,
     signer: Option<&Signer>,
     timeout: Duration,
+    dead_after: Duration,
 ) -> Result<Conn, TunnelError> {
     let connect_error = |reason: String| TunnelError::Connect {
         url: redact_url(url),
@@ -281,13 +388,7 @@ async fn connect(
         .await
         .map_err(|_| connect_error("the open-data-channel message could not be sent in time".into()))?
         .map_err(|e| connect_error(describe_ws_error(&e)))?;
-    let (tx, rx) = mpsc::channel(1024);
-    let reader = tokio::spawn(read_loop(stream, tx));
-    Ok(Conn {
-        sink,
-        events: rx,
-        reader,
-    })
+    Ok(Conn::new(sink, stream, dead_after))
 }
 
 fn describe_ws_error(e: &tungstenite::Error) -> String {
@@ -351,7 +452,7 @@ pub async fn start(
 ) -> Result<SessionHandle, TunnelError> {
     let client_id = Uuid::new_v4().hyphenated().to_string();
     let conn = tokio::select! {
-        c = connect(&started.stream_url, &started.token_value, &client_id, signer.as_ref(), opts.handshake_timeout) => c?,
+        c = connect(&started.stream_url, &started.token_value, &client_id, signer.as_ref(), opts.handshake_timeout, opts.dead_after) => c?,
         _ = cancel.cancelled() => return Err(TunnelError::Cancelled),
     };
     let (out_tx, out_rx) = mpsc::channel(64);
@@ -471,7 +572,7 @@ impl Actor {
         loop {
             match self.serve(&mut conn).await {
                 Served::End(end) => {
-                    let _ = tokio::time::timeout(Duration::from_millis(500), conn.sink.close()).await;
+                    conn.close().await;
                     return end;
                 }
                 Served::Lost(reason) => {
@@ -491,11 +592,12 @@ impl Actor {
     }
 
     /// ResumeSession → dial → open message with the new token, with backoff, within the resume budget.
+    /// Then every unacked message is sent again, with its old sequence number.
     async fn reconnect(&mut self) -> Result<(Conn, u32), SessionEnd> {
         let started = Instant::now();
         let mut delay = Duration::from_millis(100 + fastrand::u64(0..100));
         let mut attempts = 0u32;
-        let mut last_error = String::new();
+        let mut last_error;
         loop {
             attempts += 1;
             let attempt = async {
@@ -508,6 +610,7 @@ impl Actor {
                     .map_err(|e| classify_resume(&self.session_id, e))?;
                 let token = out.token_value().unwrap_or_default().to_string();
                 if token.is_empty() {
+                    // The plugin's reading too: an empty token means the session timed out.
                     return Err(Err(TunnelError::SessionExpired {
                         session_id: self.session_id.clone(),
                     }));
@@ -521,6 +624,7 @@ impl Actor {
                     &self.client_id,
                     self.signer.as_ref(),
                     self.opts.handshake_timeout,
+                    self.opts.dead_after,
                 )
                 .await
                 .map_err(Ok)
@@ -533,21 +637,17 @@ impl Actor {
                 Ok(conn) => {
                     self.last_rx = Instant::now();
                     self.ping.reset();
-                    // Same sequence numbers: the agent acks what it already has, we resend the rest.
-                    let mut conn = conn;
-                    let now = Instant::now();
-                    for frame in self.outbound.resend_all(now) {
-                        if let Err(Served::Lost(reason)) = self.feed(&mut conn, frame).await {
-                            last_error = reason;
-                            continue;
-                        }
+                    let mut sent = Ok(());
+                    for frame in self.outbound.resend_all(Instant::now()) {
+                        sent = sent.and_then(|()| conn.binary(frame));
                     }
-                    if self.flush(&mut conn).await.is_ok() {
-                        return Ok((conn, attempts));
+                    match sent {
+                        Ok(()) => return Ok((conn, attempts)),
+                        Err(_) => last_error = "the new WebSocket failed at once".to_string(),
                     }
                 }
                 // Retryable: the socket or the API call failed for now.
-                Err(Ok(e)) => last_error = e.to_string(),
+                Err(Ok(e)) => last_error = error_chain(&e),
                 // Final: the session is gone.
                 Err(Err(e)) => return Err(SessionEnd::Failed(e)),
             }
@@ -575,9 +675,13 @@ impl Actor {
     }
 
     async fn step(&mut self, conn: &mut Conn) -> Step {
-        self.send_pending(conn).await?;
-        let can_take =
-            self.handshake.is_some() && !self.paused && self.pending.is_empty() && self.outbound.has_room();
+        self.send_pending(conn)?;
+        let congested = conn.congested();
+        let can_take = self.handshake.is_some()
+            && !self.paused
+            && !congested
+            && self.pending.is_empty()
+            && self.outbound.has_room();
         let deadline = if self.paused {
             None
         } else {
@@ -588,14 +692,14 @@ impl Actor {
         } else {
             None
         };
+        let drained = conn.drained.clone();
         tokio::select! {
             ev = conn.events.recv() => {
                 let Some(ev) = ev else { return Err(Served::Lost("the WebSocket reader stopped".into())) };
-                self.handle_event(conn, ev).await?;
-                // Take whatever else is already queued before flushing once.
-                for _ in 0..64 {
+                self.handle_event(conn, ev)?;
+                for _ in 0..256 {
                     match conn.events.try_recv() {
-                        Ok(ev) => self.handle_event(conn, ev).await?,
+                        Ok(ev) => self.handle_event(conn, ev)?,
                         Err(_) => break,
                     }
                 }
@@ -606,14 +710,17 @@ impl Actor {
                     // The port logic is gone (the tunnel was dropped): end the session.
                     None => return self.terminate(conn).await,
                 }
-                while self.pending.is_empty() && self.outbound.has_room() {
+                while self.pending.is_empty() && self.outbound.has_room() && !conn.congested() {
                     match self.out_rx.try_recv() {
-                        Ok(item) => self.take_item(item),
+                        Ok(item) => {
+                            self.take_item(item);
+                            self.send_pending(conn)?;
+                        }
                         Err(_) => break,
                     }
                 }
-                self.send_pending(conn).await?;
             }
+            _ = drained.notified(), if congested => {}
             permit = async { blocked_tx?.reserve_owned().await.ok() }, if self.deliver_blocked => {
                 self.deliver_blocked = false;
                 if let Some(permit) = permit
@@ -621,7 +728,7 @@ impl Actor {
                 {
                     permit.send(d.payload);
                 }
-                self.drain_inbound(conn).await?;
+                self.drain_inbound(conn)?;
             }
             _ = sleep_until_opt(deadline), if deadline.is_some() => {
                 let (frames, worst) = self.outbound.due(Instant::now(), 256);
@@ -632,7 +739,7 @@ impl Actor {
                     })));
                 }
                 for frame in frames {
-                    self.feed(conn, frame).await?;
+                    conn.binary(frame)?;
                 }
             }
             _ = self.ping.tick() => {
@@ -640,12 +747,11 @@ impl Actor {
                 if silent > self.opts.dead_after {
                     return Err(Served::Lost(format!("nothing received for {}s", silent.as_secs())));
                 }
-                let ping = Message::Ping(Bytes::from_static(b"keepalive"));
-                self.send_message(conn, ping).await?;
+                conn.send(Message::Ping(Bytes::from_static(b"keepalive")))?;
             }
             _ = self.terminate_rx.recv() => return self.terminate(conn).await,
         }
-        self.flush(conn).await
+        Ok(())
     }
 
     fn take_item(&mut self, item: OutItem) {
@@ -668,7 +774,7 @@ impl Actor {
         }
     }
 
-    async fn send_pending(&mut self, conn: &mut Conn) -> Step {
+    fn send_pending(&mut self, conn: &Conn) -> Step {
         while !self.paused && self.outbound.has_room() {
             let Some((payload_type, payload, waiter)) = self.pending.pop_front() else {
                 break;
@@ -677,21 +783,21 @@ impl Actor {
             if let Some(w) = waiter {
                 self.flag_waiters.insert(seq, w);
             }
-            self.feed(conn, frame).await?;
+            conn.binary(frame)?;
         }
         Ok(())
     }
 
-    async fn handle_event(&mut self, conn: &mut Conn, ev: ConnEvent) -> Step {
+    fn handle_event(&mut self, conn: &Conn, ev: ConnEvent) -> Step {
         self.last_rx = Instant::now();
         match ev {
             ConnEvent::Alive => Ok(()),
             ConnEvent::Closed(reason) => Err(Served::Lost(reason)),
-            ConnEvent::Msg(msg) => self.handle_message(conn, msg).await,
+            ConnEvent::Msg(msg) => self.handle_message(conn, msg),
         }
     }
 
-    async fn handle_message(&mut self, conn: &mut Conn, msg: ClientMessage) -> Step {
+    fn handle_message(&mut self, conn: &Conn, msg: ClientMessage) -> Step {
         match msg.message_type.as_str() {
             ACKNOWLEDGE => {
                 self.paused = false;
@@ -712,12 +818,15 @@ impl Actor {
                     .inbound
                     .offer(msg.sequence_number, msg.payload_type, msg.payload.clone())
                 {
-                    Verdict::Accepted | Verdict::Duplicate => {
-                        self.feed(conn, Ack::for_message(&msg).encode()).await?;
+                    Verdict::Accepted => conn.binary(Ack::for_message(&msg).encode())?,
+                    // Re-acked, so a lost ack is repaired by the agent's next retransmission. Skipped
+                    // while our writes are backed up: the agent will ask again.
+                    Verdict::Duplicate if !conn.congested() => {
+                        conn.binary(Ack::for_message(&msg).encode())?
                     }
-                    Verdict::Refused => {}
+                    Verdict::Duplicate | Verdict::Refused => {}
                 }
-                self.drain_inbound(conn).await
+                self.drain_inbound(conn)
             }
             CHANNEL_CLOSED => {
                 let closed: ChannelClosed = serde_json::from_slice(&msg.payload).unwrap_or_default();
@@ -742,9 +851,9 @@ impl Actor {
 
     /// Hands in-order messages over: Output to the application (while its queue has room), the rest
     /// (handshake, flags) handled here.
-    async fn drain_inbound(&mut self, conn: &mut Conn) -> Step {
+    fn drain_inbound(&mut self, conn: &Conn) -> Step {
         while !self.deliver_blocked {
-            let Some(next_type) = self.inbound_peek_type() else {
+            let Some(next_type) = self.inbound.peek_ready().map(|d| d.payload_type) else {
                 break;
             };
             if next_type == PayloadType::Output {
@@ -764,7 +873,7 @@ impl Actor {
             }
             let Some(d) = self.inbound.pop_ready() else { break };
             match d.payload_type {
-                PayloadType::HandshakeRequest => self.on_handshake_request(conn, &d.payload).await?,
+                PayloadType::HandshakeRequest => self.on_handshake_request(conn, &d.payload)?,
                 PayloadType::HandshakeComplete => self.on_handshake_complete(&d.payload),
                 PayloadType::Flag => {
                     if Flag::from_payload(&d.payload) == Some(Flag::ConnectToPortError) {
@@ -777,11 +886,7 @@ impl Actor {
         Ok(())
     }
 
-    fn inbound_peek_type(&self) -> Option<PayloadType> {
-        self.inbound.peek_ready().map(|d| d.payload_type)
-    }
-
-    async fn on_handshake_request(&mut self, conn: &mut Conn, payload: &[u8]) -> Step {
+    fn on_handshake_request(&mut self, conn: &Conn, payload: &[u8]) -> Step {
         let request: HandshakeRequest = match serde_json::from_slice(payload) {
             Ok(r) => r,
             Err(e) => {
@@ -837,7 +942,7 @@ impl Actor {
         let (_, frame) =
             self.outbound
                 .push(PayloadType::HandshakeResponse, Bytes::from(body), Instant::now());
-        self.feed(conn, frame).await?;
+        conn.binary(frame)?;
         if let Some(reason) = failure {
             return Err(Served::End(SessionEnd::Failed(TunnelError::Handshake {
                 session_id: self.session_id.clone(),
@@ -884,12 +989,7 @@ impl Actor {
             Flag::TerminateSession.payload(),
             Instant::now(),
         );
-        let sent = async {
-            self.feed(conn, frame).await?;
-            self.flush(conn).await
-        }
-        .await;
-        if sent.is_err() {
+        if conn.binary(frame).is_err() {
             return Err(Served::End(SessionEnd::Terminated { acked: false }));
         }
         let deadline = Instant::now() + self.opts.close_ack_wait;
@@ -913,37 +1013,18 @@ impl Actor {
             acked: !self.outbound.is_unacked(seq),
         }))
     }
+}
 
-    async fn feed(&mut self, conn: &mut Conn, frame: Bytes) -> Step {
-        self.send_message_nf(conn, Message::Binary(frame)).await
+/// An error and its causes on one line (for "last error" texts).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
     }
-
-    async fn send_message(&mut self, conn: &mut Conn, msg: Message) -> Step {
-        self.send_message_nf(conn, msg).await?;
-        self.flush(conn).await
-    }
-
-    async fn send_message_nf(&mut self, conn: &mut Conn, msg: Message) -> Step {
-        match tokio::time::timeout(self.opts.dead_after, conn.sink.feed(msg)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Served::Lost(format!("WebSocket write failed: {e}"))),
-            Err(_) => Err(Served::Lost(format!(
-                "WebSocket write blocked for {}s",
-                self.opts.dead_after.as_secs()
-            ))),
-        }
-    }
-
-    async fn flush(&mut self, conn: &mut Conn) -> Step {
-        match tokio::time::timeout(self.opts.dead_after, conn.sink.flush()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Served::Lost(format!("WebSocket write failed: {e}"))),
-            Err(_) => Err(Served::Lost(format!(
-                "WebSocket write blocked for {}s",
-                self.opts.dead_after.as_secs()
-            ))),
-        }
-    }
+    text
 }
 
 /// Mode selection from the agent's side of the handshake (the protocol note, §8.1).
