@@ -25,7 +25,7 @@ pub async fn serve_mux(
     out: mpsc::Sender<OutItem>,
     inbound: mpsc::Receiver<Bytes>,
     max_payload: usize,
-    keepalive: bool,
+    keepalive: Option<(std::time::Duration, std::time::Duration)>,
     cancel: CancellationToken,
 ) -> Result<(), SmuxError> {
     // One PSH frame per Output message: the smux header takes 8 bytes of it.

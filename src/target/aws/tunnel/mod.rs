@@ -19,6 +19,7 @@ pub mod smux;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_config::SdkConfig;
@@ -365,6 +366,8 @@ pub struct Tunnel {
     watcher: Option<JoinHandle<()>>,
     /// Set by [`Tunnel::ended`] when it saw our own termination finish.
     flag_acked: std::sync::Mutex<Option<bool>>,
+    /// An smux protocol failure that ended the session.
+    port_failure: Arc<std::sync::Mutex<Option<smux::SmuxError>>>,
 }
 
 impl std::fmt::Debug for Tunnel {
@@ -422,7 +425,8 @@ impl Tunnel {
                 if let Ok(mut a) = self.flag_acked.lock() {
                     *a = Some(acked);
                 }
-                None
+                let failure = self.port_failure.lock().ok().and_then(|mut f| f.take());
+                failure.map(|source| TunnelError::Smux { session_id, source })
             }
             Err(_) => Some(TunnelError::SessionExpired { session_id }),
         }
@@ -605,15 +609,30 @@ pub async fn open_with(
         task,
     } = handle;
     let stop_forward = CancellationToken::new();
+    let port_failure: Arc<std::sync::Mutex<Option<smux::SmuxError>>> = Arc::default();
     let forward = if handshake.mux {
-        tokio::spawn(forward::serve_mux(
+        let mux = forward::serve_mux(
             listener,
             out,
             inbound,
             opts.max_payload,
-            handshake.keepalive,
+            handshake
+                .keepalive
+                .then_some((opts.smux_keepalive_interval, opts.smux_keepalive_timeout)),
             stop_forward.clone(),
-        ))
+        );
+        let (failure, terminate) = (port_failure.clone(), terminate.clone());
+        tokio::spawn(async move {
+            let result = mux.await;
+            if let Err(e) = &result {
+                // A broken smux stream cannot be repaired: end the session and say why.
+                if let Ok(mut f) = failure.lock() {
+                    *f = Some(e.clone());
+                }
+                let _ = terminate.try_send(());
+            }
+            result
+        })
     } else {
         let stop = stop_forward.clone();
         tokio::spawn(async move {
@@ -657,6 +676,7 @@ pub async fn open_with(
         closed: false,
         watcher: Some(watcher),
         flag_acked: std::sync::Mutex::new(None),
+        port_failure,
     })
 }
 

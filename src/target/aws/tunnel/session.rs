@@ -72,6 +72,9 @@ pub struct Options {
     pub resume_budget: Duration,
     /// Give up when one message has been retransmitted this many times without an ack.
     pub max_retransmits: u32,
+    /// smux keepalive (old agents only): NOP interval, and how long the agent may stay silent.
+    pub smux_keepalive_interval: Duration,
+    pub smux_keepalive_timeout: Duration,
 }
 
 impl Default for Options {
@@ -86,6 +89,8 @@ impl Default for Options {
             close_ack_wait: Duration::from_secs(2),
             resume_budget: Duration::from_secs(120),
             max_retransmits: 150,
+            smux_keepalive_interval: super::smux::KEEPALIVE_INTERVAL,
+            smux_keepalive_timeout: super::smux::KEEPALIVE_TIMEOUT,
         }
     }
 }

@@ -41,8 +41,8 @@ pub enum SmuxError {
     Version(u8),
     #[error("smux frame with unknown command {0}")]
     Command(u8),
-    #[error("no smux data from the agent for {}s (keepalive timeout)", KEEPALIVE_TIMEOUT.as_secs())]
-    KeepaliveTimeout,
+    #[error("no smux data from the agent for {}s (keepalive timeout)", .0.as_secs())]
+    KeepaliveTimeout(Duration),
 }
 
 /// One smux frame.
@@ -171,21 +171,23 @@ impl Client {
     }
 
     /// Reads the inbound byte stream until it ends, delivering PSH data to streams and ending streams on
-    /// FIN. With `keepalive`, sends NOPs every 10 s and fails after 30 s without inbound bytes.
+    /// FIN. With `keepalive` = (interval, timeout), sends NOPs every interval and fails after `timeout`
+    /// without inbound bytes (xtaci's defaults are 10 s and 30 s).
     pub async fn run(
         self: Arc<Self>,
         mut inbound: mpsc::Receiver<Bytes>,
-        keepalive: bool,
+        keepalive: Option<(Duration, Duration)>,
     ) -> Result<(), SmuxError> {
         let mut decoder = Decoder::default();
-        let mut nop = tokio::time::interval_at(Instant::now() + KEEPALIVE_INTERVAL, KEEPALIVE_INTERVAL);
+        let (interval, timeout) = keepalive.unwrap_or((KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT));
+        let mut nop = tokio::time::interval_at(Instant::now() + interval, interval);
         let mut last_inbound = Instant::now();
         loop {
             let chunk = tokio::select! {
                 chunk = inbound.recv() => chunk,
-                _ = nop.tick(), if keepalive => {
-                    if last_inbound.elapsed() > KEEPALIVE_TIMEOUT {
-                        return Err(SmuxError::KeepaliveTimeout);
+                _ = nop.tick(), if keepalive.is_some() => {
+                    if last_inbound.elapsed() > timeout {
+                        return Err(SmuxError::KeepaliveTimeout(timeout));
                     }
                     if self.out.send(OutItem::Data(encode(CMD_NOP, 0, &[]))).await.is_err() {
                         return Ok(());
@@ -340,7 +342,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let (in_tx, in_rx) = mpsc::channel(16);
-        let runner = tokio::spawn(client.clone().run(in_rx, false));
+        let runner = tokio::spawn(client.clone().run(in_rx, None));
         let mut wire = encode(CMD_PSH, 5, b"to-b").to_vec();
         wire.extend_from_slice(&encode(CMD_FIN, 5, &[]));
         in_tx.send(Bytes::from(wire)).await.unwrap();
