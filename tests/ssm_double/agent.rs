@@ -148,7 +148,8 @@ pub async fn run(
     let ka = shared.config.smux_keepalive_interval;
     let mut nop = tokio::time::interval_at(tokio::time::Instant::now() + ka, ka);
     while !agent.done {
-        let can_send = agent.phase == Phase::Ready && agent.link.is_some() && agent.unacked.len() < BUFFER_CAP;
+        let can_send =
+            agent.phase == Phase::Ready && agent.link.is_some() && agent.unacked.len() < BUFFER_CAP;
         tokio::select! {
             input = rx.recv() => match input {
                 Some(i) => agent.on_input(i),
@@ -159,7 +160,10 @@ pub async fn run(
                     agent.on_port_out(out);
                 }
             }
-            _ = resend.tick() => agent.resend_oldest(),
+            _ = resend.tick() => {
+                agent.drain();
+                agent.resend_oldest();
+            }
             _ = nop.tick(), if agent.keepalive && agent.phase == Phase::Ready => {
                 let silent = agent.last_client_smux.lock().unwrap().elapsed();
                 if silent > ka * 3 {
@@ -196,7 +200,10 @@ impl Agent {
             },
         );
         if payload_type == 1 {
-            self.shared.controls.output_bytes.fetch_add(payload.len(), Ordering::SeqCst);
+            self.shared
+                .controls
+                .output_bytes
+                .fetch_add(payload.len(), Ordering::SeqCst);
         }
         self.sent_count += 1;
         let c = &self.shared.controls;
@@ -248,7 +255,9 @@ impl Agent {
             self.transmit(h);
         }
         let rto = self.rto;
-        let Some((_, sent)) = self.unacked.iter_mut().next() else { return };
+        let Some((_, sent)) = self.unacked.iter_mut().next() else {
+            return;
+        };
         if sent.last.elapsed() < rto {
             return;
         }
@@ -322,7 +331,9 @@ impl Agent {
         if body["AcknowledgedMessageType"] != "output_stream_data" || body["IsSequentialMessage"] != true {
             self.shared.violation(format!("malformed ack payload {body}"));
         }
-        let Some(seq) = body["AcknowledgedMessageSequenceNumber"].as_i64() else { return };
+        let Some(seq) = body["AcknowledgedMessageSequenceNumber"].as_i64() else {
+            return;
+        };
         match self.unacked.remove(&seq) {
             Some(sent) => {
                 if !sent.resent {
@@ -342,7 +353,9 @@ impl Agent {
                 }
             }
             None if seq < self.next_seq => self.shared.record(|r| r.client_reacks += 1),
-            None => self.shared.violation(format!("ack of agent seq {seq}, never sent")),
+            None => self
+                .shared
+                .violation(format!("ack of agent seq {seq}, never sent")),
         }
     }
 
@@ -359,8 +372,10 @@ impl Agent {
 
     fn on_client_data(&mut self, f: Frame) {
         if f.flags != 0 {
-            self.shared
-                .violation(format!("client data seq {} with flags {} (clients send 0)", f.seq, f.flags));
+            self.shared.violation(format!(
+                "client data seq {} with flags {} (clients send 0)",
+                f.seq, f.flags
+            ));
         }
         if f.seq < self.expected || self.buffer.contains_key(&f.seq) {
             self.shared.record(|r| r.client_duplicates.push(f.seq));
@@ -380,6 +395,12 @@ impl Agent {
         }
         self.ack(&f);
         self.expected += 1;
+        self.drain();
+    }
+
+    /// Processes buffered (already acked) messages that are now in order. Also run on every resend
+    /// tick: a buffered message the handler could not take must not wait for more client traffic.
+    fn drain(&mut self) {
         while let Some(next) = self.buffer.remove(&self.expected) {
             if !self.process(&next) {
                 self.buffer.insert(next.seq, next);
@@ -404,9 +425,10 @@ impl Agent {
                 let body: serde_json::Value = serde_json::from_slice(&f.payload).unwrap_or_default();
                 self.shared.record(|r| r.handshake_responses.push(body.clone()));
                 let client_version = body["ClientVersion"].as_str().unwrap_or_default().to_string();
-                let ok = body["ProcessedClientActions"]
-                    .as_array()
-                    .is_some_and(|a| a.iter().any(|x| x["ActionType"] == "SessionType" && x["ActionStatus"] == 1));
+                let ok = body["ProcessedClientActions"].as_array().is_some_and(|a| {
+                    a.iter()
+                        .any(|x| x["ActionType"] == "SessionType" && x["ActionStatus"] == 1)
+                });
                 if !ok {
                     self.end("handshake failed");
                     return true;
@@ -434,7 +456,10 @@ impl Agent {
                     None => false,
                 };
                 if accepted {
-                    self.shared.controls.input_bytes.fetch_add(f.payload.len(), Ordering::SeqCst);
+                    self.shared
+                        .controls
+                        .input_bytes
+                        .fetch_add(f.payload.len(), Ordering::SeqCst);
                 }
                 accepted
             }
@@ -467,7 +492,8 @@ impl Agent {
                 }
             }
             other => {
-                self.shared.violation(format!("client payload type {other} in a port session"));
+                self.shared
+                    .violation(format!("client payload type {other} in a port session"));
                 true
             }
         }
@@ -485,7 +511,7 @@ impl Agent {
         if local_pf && agent_can_mux && client_mux {
             self.keepalive = !newer(&self.shared.config.agent_version, "3.1.1511.0")
                 || !newer(client_version, "1.2.331.0");
-            let (tx, rx) = mpsc::channel(256);
+            let (tx, rx) = mpsc::channel(4096);
             tokio::spawn(smux_server(
                 self.shared.clone(),
                 target,
@@ -495,7 +521,7 @@ impl Agent {
             ));
             self.port = Some(Port::Mux(tx));
         } else {
-            let (tx, rx) = mpsc::channel(256);
+            let (tx, rx) = mpsc::channel(4096);
             tokio::spawn(basic_port(self.shared.clone(), target, rx, self.out_tx.clone()));
             self.port = Some(Port::Basic(tx));
         }
@@ -643,7 +669,11 @@ async fn smux_stream(
             match rd.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if to_agent.send(PortOut::Bytes(smux_frame(2, sid, &buf[..n]))).await.is_err() {
+                    if to_agent
+                        .send(PortOut::Bytes(smux_frame(2, sid, &buf[..n])))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -693,7 +723,10 @@ async fn basic_port(
     while let Some(input) = rx.recv().await {
         match input {
             BasicIn::Data(d) => {
-                if conn.as_ref().is_none_or(|(_, _, dead)| dead.load(Ordering::SeqCst)) {
+                if conn
+                    .as_ref()
+                    .is_none_or(|(_, _, dead)| dead.load(Ordering::SeqCst))
+                {
                     if let Some((_, r, _)) = conn.take() {
                         r.abort();
                     }

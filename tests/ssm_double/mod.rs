@@ -227,12 +227,18 @@ impl SsmDouble {
     /// Stops reading client frames for `d` (the client's writes back up).
     pub fn pause_reading(&self, d: Duration) {
         let until = now_ms() + d.as_millis() as u64;
-        self.shared.controls.pause_reading_until_ms.store(until, Ordering::SeqCst);
+        self.shared
+            .controls
+            .pause_reading_until_ms
+            .store(until, Ordering::SeqCst);
     }
 
     /// The agent will not ack client message `seq` the first time it arrives.
     pub fn drop_ack_of(&self, seq: i64) {
-        self.shared.controls.drop_ack_of.store(seq as u64, Ordering::SeqCst);
+        self.shared
+            .controls
+            .drop_ack_of
+            .store(seq as u64, Ordering::SeqCst);
     }
 
     pub fn active_sessions(&self) -> usize {
@@ -260,7 +266,10 @@ impl SsmDouble {
                 return;
             }
             if tokio::time::Instant::now() > deadline {
-                panic!("ssm double: timed out waiting for {what}; records: {:#?}", self.records());
+                panic!(
+                    "ssm double: timed out waiting for {what}; records: {:#?}",
+                    self.records()
+                );
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -342,7 +351,10 @@ async fn serve_http_conn(mut stream: TcpStream, shared: Arc<Shared>) {
 }
 
 fn api_error(code: &str, message: &str) -> (&'static str, serde_json::Value) {
-    ("400 Bad Request", serde_json::json!({"__type": code, "message": message}))
+    (
+        "400 Bad Request",
+        serde_json::json!({"__type": code, "message": message}),
+    )
 }
 
 async fn handle_api(
@@ -383,7 +395,11 @@ async fn handle_api(
                 to_agent: tx,
                 terminated: AtomicBool::new(false),
             });
-            shared.sessions.lock().unwrap().insert(id.clone(), session.clone());
+            shared
+                .sessions
+                .lock()
+                .unwrap()
+                .insert(id.clone(), session.clone());
             tokio::spawn(agent::run(
                 shared.clone(),
                 session,
@@ -427,7 +443,10 @@ async fn handle_api(
             }
             ("200 OK", serde_json::json!({"SessionId": id}))
         }
-        other => api_error("UnknownOperationException", &format!("{other} is not implemented by the double")),
+        other => api_error(
+            "UnknownOperationException",
+            &format!("{other} is not implemented by the double"),
+        ),
     }
 }
 
@@ -448,7 +467,11 @@ async fn serve_ws(listener: TcpListener, shared: Arc<Shared>, stop: Cancellation
 async fn serve_ws_conn(stream: TcpStream, shared: Arc<Shared>, stop: CancellationToken) {
     let mut seen: Option<(String, Vec<(String, String)>)> = None;
     let callback = |req: &Request, resp: Response| {
-        let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default();
         let headers = req
             .headers()
             .iter()
@@ -457,7 +480,9 @@ async fn serve_ws_conn(stream: TcpStream, shared: Arc<Shared>, stop: Cancellatio
         seen = Some((path, headers));
         Ok(resp)
     };
-    let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else { return };
+    let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
+        return;
+    };
     let Some((path, headers)) = seen else { return };
     if let Some(secret) = &shared.config.secret_key
         && let Err(e) = wire::verify_sigv4(&path, &headers, secret, &shared.config.region)
@@ -473,7 +498,9 @@ async fn serve_ws_conn(stream: TcpStream, shared: Arc<Shared>, stop: Cancellatio
         .next()
         .unwrap_or_default()
         .to_string();
-    let Some(session) = shared.sessions.lock().unwrap().get(&id).cloned() else { return };
+    let Some(session) = shared.sessions.lock().unwrap().get(&id).cloned() else {
+        return;
+    };
     let (mut sink, mut source) = ws.split();
     // The first frame must be the open-data-channel text message with the current token.
     let first = tokio::time::timeout(Duration::from_secs(10), source.next()).await;
@@ -495,7 +522,10 @@ async fn serve_ws_conn(stream: TcpStream, shared: Arc<Shared>, stop: Cancellatio
         return;
     }
     if open["MessageSchemaVersion"] != "1.0"
-        || open["RequestId"].as_str().and_then(|s| uuid::Uuid::parse_str(s).ok()).is_none()
+        || open["RequestId"]
+            .as_str()
+            .and_then(|s| uuid::Uuid::parse_str(s).ok())
+            .is_none()
     {
         shared.violation(format!("malformed open-data-channel message: {open}"));
     }
@@ -509,7 +539,11 @@ async fn serve_ws_conn(stream: TcpStream, shared: Arc<Shared>, stop: Cancellatio
     }
     let conn_id = shared.next_conn.fetch_add(1, Ordering::SeqCst);
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<agent::WsOut>();
-    shared.connections.lock().unwrap().push((stop.clone(), out_tx.clone()));
+    shared
+        .connections
+        .lock()
+        .unwrap()
+        .push((stop.clone(), out_tx.clone()));
     let _ = session.to_agent.send(agent::Input::Connected {
         conn: conn_id,
         tx: out_tx,
@@ -600,7 +634,9 @@ async fn serve_ws_conn(stream: TcpStream, shared: Arc<Shared>, stop: Cancellatio
     }
     stop.cancel();
     let _ = writer.await;
-    let _ = session.to_agent.send(agent::Input::Disconnected { conn: conn_id });
+    let _ = session
+        .to_agent
+        .send(agent::Input::Disconnected { conn: conn_id });
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -53,7 +53,9 @@ pub fn parse_strict(raw: &[u8]) -> Result<(Frame, Vec<String>), String> {
         .unwrap()
         .as_millis() as u64;
     if created_ms == 0 || created_ms.abs_diff(now_ms) > 3_600_000 {
-        problems.push(format!("CreatedDate {created_ms} is not epoch milliseconds of now"));
+        problems.push(format!(
+            "CreatedDate {created_ms} is not epoch milliseconds of now"
+        ));
     }
     let seq = be64(raw, 48) as i64;
     let flags = be64(raw, 56);
@@ -182,7 +184,9 @@ pub fn verify_sigv4(
     let scope = scope_parts.get(1).ok_or("no credential scope")?;
     let s: Vec<&str> = scope.split('/').collect();
     if s.len() != 4 || s[1] != region || s[2] != "ssmmessages" || s[3] != "aws4_request" {
-        return Err(format!("scope {scope} is not <date>/{region}/ssmmessages/aws4_request"));
+        return Err(format!(
+            "scope {scope} is not <date>/{region}/ssmmessages/aws4_request"
+        ));
     }
     let amz_date = header("x-amz-date").ok_or("no X-Amz-Date")?;
     let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));

@@ -103,6 +103,7 @@ impl Decoder {
 #[derive(Debug)]
 pub struct Client {
     streams: Mutex<Streams>,
+    opening: tokio::sync::Mutex<()>,
     out: mpsc::Sender<OutItem>,
     /// Largest PSH data per frame, chosen so one frame fills one Output message.
     pub max_data: usize,
@@ -124,6 +125,7 @@ impl Client {
                 next_id: 1,
                 routes: HashMap::new(),
             }),
+            opening: tokio::sync::Mutex::new(()),
             out,
             max_data: max_data.clamp(1, usize::from(u16::MAX)),
         })
@@ -131,6 +133,8 @@ impl Client {
 
     /// Opens a stream (sends SYN). Fails only when the session is gone.
     pub async fn open(self: &Arc<Self>) -> Option<(StreamReader, StreamWriter)> {
+        // SYNs go out in stream-id order even when connections open at the same moment.
+        let _ordered = self.opening.lock().await;
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let id = {
             let mut s = self.streams.lock().ok()?;
