@@ -2,6 +2,9 @@
 //! ECS resolution against moto. The library API (`open_with`) is used where a test steers faults; the
 //! binary where the user-facing behaviour is the point (Ctrl-C, `--plugin`, errors, output).
 
+// Helpers outside #[test] functions panic on purpose: a failed step fails the test.
+#![allow(clippy::unwrap_used)]
+
 mod ssm_double;
 mod support;
 

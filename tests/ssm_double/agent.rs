@@ -618,13 +618,12 @@ async fn smux_server(
                 1 => {
                     streams.remove(&sid);
                 }
-                2 => match streams.get(&sid) {
+                2 => {
                     // Waiting here is smux v1's head-of-line blocking.
-                    Some(tx) => {
+                    if let Some(tx) = streams.get(&sid) {
                         let _ = tx.send(data).await;
                     }
-                    None => {}
-                },
+                }
                 3 => shared.record(|r| r.client_nops += 1),
                 other => {
                     shared.violation(format!("smux command {other}"));

@@ -13,6 +13,8 @@
 //!
 //! Used by `tests/tunnel.rs` and by its benchmark tests (`bench/tunnel.sh`).
 #![allow(dead_code)]
+// Test support: a broken invariant here should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::result_large_err)]
 
 pub mod agent;
 pub mod wire;
