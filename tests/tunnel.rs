@@ -895,3 +895,105 @@ async fn ecs_resolution_finds_the_task_instance_chain_in_moto() {
         "{err}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Benchmarks (ignored; run by bench/tunnel.sh with a release build). They print figures, they assert
+// only correctness: speed goals live in docs/benchmarks.md, not in tests.
+
+/// user + system CPU seconds of a process, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    let out = std::process::Command::new("getconf").arg("CLK_TCK").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(100.0)
+}
+
+/// The real binary forwarding to the double; returns the child and its local address.
+async fn spawn_binary_tunnel(double: &SsmDouble) -> (Child, SocketAddr) {
+    let mut child = Child(
+        tunnel_cmd(&double.api_url)
+            .args(["--instance", "i-0bench", "--remote-port", "80", "--output", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let facts: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let addr = facts["local_address"].as_str().unwrap().parse().unwrap();
+    (child, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: bench/tunnel.sh"]
+async fn bench_twenty_connections_by_one_mebibyte() {
+    let (double, _echo) = double_with(|_| {}).await;
+    let (child, addr) = spawn_binary_tunnel(&double).await;
+    echo_through(addr, 1, 64 * 1024, None).await; // warm-up
+    let runs: usize = std::env::var("THESPCTL_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    for run in 1..=runs {
+        let cpu_before = cpu_seconds(child.0.id());
+        let self_before = cpu_seconds(std::process::id());
+        let started = std::time::Instant::now();
+        let tasks: Vec<_> = (0..20)
+            .map(|i| tokio::spawn(echo_through(addr, 1000 * run as u64 + i, MIB, None)))
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let client_cpu = cpu_seconds(child.0.id()) - cpu_before;
+        let rest_cpu = cpu_seconds(std::process::id()) - self_before;
+        let mb_each_way = 20.0 * MIB as f64 / 1e6;
+        println!(
+            "BENCH run {run}: 20 x 1 MiB echoed in {secs:.2} s: {:.1} MB/s each way ({:.1} MB/s both ways); \
+             thespctl CPU {client_cpu:.2} s = {:.1} ms per MB carried (both ways); double+echo+load CPU {rest_cpu:.2} s",
+            mb_each_way / secs,
+            2.0 * mb_each_way / secs,
+            1000.0 * client_cpu / (2.0 * mb_each_way),
+        );
+    }
+    assert_clean(&double);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: bench/tunnel.sh (10 minutes)"]
+async fn bench_a_session_idle_for_ten_minutes_still_forwards() {
+    let idle: u64 = std::env::var("THESPCTL_BENCH_IDLE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
+    let (double, _echo) = double_with(|_| {}).await;
+    let (_child, addr) = spawn_binary_tunnel(&double).await;
+    // A connection open across the idle period, and a new one after it.
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    wr.write_all(b"before").await.unwrap();
+    let mut buf = [0u8; 6];
+    rd.read_exact(&mut buf).await.unwrap();
+    let started = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(idle)).await; // the idleness is what is measured
+    wr.write_all(b"after!").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), rd.read_exact(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(&buf, b"after!");
+    echo_through(addr, 2, 256 * 1024, None).await;
+    let r = double.records();
+    println!(
+        "BENCH idle: after {:.0} s idle the open connection and a new one forwarded; WebSocket connections used: {}, ResumeSession calls: {}",
+        started.elapsed().as_secs_f64(),
+        r.opens.len(),
+        r.api_calls.iter().filter(|(op, _)| op == "ResumeSession").count()
+    );
+    assert_clean(&double);
+}
