@@ -911,15 +911,28 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 fn clock_ticks() -> f64 {
-    let out = std::process::Command::new("getconf").arg("CLK_TCK").output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(100.0)
+    let out = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(100.0)
 }
 
 /// The real binary forwarding to the double; returns the child and its local address.
 async fn spawn_binary_tunnel(double: &SsmDouble) -> (Child, SocketAddr) {
     let mut child = Child(
         tunnel_cmd(&double.api_url)
-            .args(["--instance", "i-0bench", "--remote-port", "80", "--output", "json"])
+            .args([
+                "--instance",
+                "i-0bench",
+                "--remote-port",
+                "80",
+                "--output",
+                "json",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -944,7 +957,10 @@ async fn bench_twenty_connections_by_one_mebibyte() {
     let (double, _echo) = double_with(|_| {}).await;
     let (child, addr) = spawn_binary_tunnel(&double).await;
     echo_through(addr, 1, 64 * 1024, None).await; // warm-up
-    let runs: usize = std::env::var("THESPCTL_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let runs: usize = std::env::var("THESPCTL_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     for run in 1..=runs {
         let cpu_before = cpu_seconds(child.0.id());
         let self_before = cpu_seconds(std::process::id());
@@ -973,7 +989,10 @@ async fn bench_twenty_connections_by_one_mebibyte() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: bench/tunnel.sh (10 minutes)"]
 async fn bench_a_session_idle_for_ten_minutes_still_forwards() {
-    let idle: u64 = std::env::var("THESPCTL_BENCH_IDLE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
+    let idle: u64 = std::env::var("THESPCTL_BENCH_IDLE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(600);
     let (double, _echo) = double_with(|_| {}).await;
     let (_child, addr) = spawn_binary_tunnel(&double).await;
     // A connection open across the idle period, and a new one after it.
@@ -985,7 +1004,10 @@ async fn bench_a_session_idle_for_ten_minutes_still_forwards() {
     let started = std::time::Instant::now();
     tokio::time::sleep(Duration::from_secs(idle)).await; // the idleness is what is measured
     wr.write_all(b"after!").await.unwrap();
-    tokio::time::timeout(Duration::from_secs(30), rd.read_exact(&mut buf)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(30), rd.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&buf, b"after!");
     echo_through(addr, 2, 256 * 1024, None).await;
     let r = double.records();

@@ -142,7 +142,7 @@ async fn run_plugin(
         region,
         profile: ctx.global.profile.clone(),
         request: target.request_json(args.local_port),
-        ssm_endpoint: tunnel::ssm_endpoint(sdk).await?,
+        ssm_endpoint: tunnel::ssm_endpoint(sdk, ctx.global.endpoint_url.as_deref()).await?,
     };
     let mut report = ui_tunnel::PluginHandoff::new(
         &started.session_id,

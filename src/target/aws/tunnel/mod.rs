@@ -718,9 +718,14 @@ pub async fn open_to_service_with(
     Ok(tunnel)
 }
 
-/// The SSM endpoint URL the SDK uses (for the plugin's own ResumeSession/TerminateSession calls).
-pub async fn ssm_endpoint(sdk: &SdkConfig) -> Result<String, TunnelError> {
+/// The SSM endpoint URL the SDK uses (for the plugin's own ResumeSession/TerminateSession calls), with the
+/// SDK's precedence: an explicit `--endpoint-url`, then `AWS_ENDPOINT_URL_SSM`, then `AWS_ENDPOINT_URL` (or
+/// the profile's `endpoint_url`), then the regional endpoint.
+pub async fn ssm_endpoint(sdk: &SdkConfig, explicit: Option<&str>) -> Result<String, TunnelError> {
     use aws_sdk_ssm::config::endpoint::{Params, ResolveEndpoint};
+    if let Some(url) = explicit {
+        return Ok(url.to_string());
+    }
     if let Ok(url) = std::env::var("AWS_ENDPOINT_URL_SSM")
         && !url.is_empty()
     {
@@ -760,6 +765,25 @@ mod tests {
         let r = TunnelTarget::new("i-0abc", 5432, Some("db.internal".into()));
         assert_eq!(r.document, DOCUMENT_REMOTE_HOST);
         assert_eq!(r.request_json(0)["Parameters"]["host"][0], "db.internal");
+    }
+
+    #[tokio::test]
+    async fn the_plugin_gets_the_ssm_endpoint_the_sdk_would_use() {
+        let sdk = SdkConfig::builder()
+            .region(aws_config::Region::new("eu-west-1"))
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build();
+        assert_eq!(
+            ssm_endpoint(&sdk, Some("http://127.0.0.1:5000")).await.unwrap(),
+            "http://127.0.0.1:5000",
+            "--endpoint-url wins"
+        );
+        if std::env::var_os("AWS_ENDPOINT_URL_SSM").is_none() {
+            assert_eq!(
+                ssm_endpoint(&sdk, None).await.unwrap(),
+                "https://ssm.eu-west-1.amazonaws.com"
+            );
+        }
     }
 
     #[test]
