@@ -157,7 +157,7 @@ pub struct ClientMessage {
 pub enum FrameError {
     #[error("frame of {len} bytes is shorter than the {PAYLOAD_OFFSET}-byte header")]
     TooShort { len: usize },
-    #[error("header length {0} is invalid (expected {HEADER_LENGTH})")]
+    #[error("header length {0} is invalid (writers put {HEADER_LENGTH})")]
     HeaderLength(u32),
     #[error("message type is empty")]
     EmptyType,
@@ -213,7 +213,8 @@ impl ClientMessage {
     }
 
     /// Parses and validates a received frame the way the official reader does: the payload is
-    /// everything after `HeaderLength + 4`; publication messages are accepted without checks.
+    /// everything after `HeaderLength + 4` (writers put 116; a reader follows the field, so a longer
+    /// header from a newer writer still parses); publication messages are accepted without checks.
     pub fn decode(frame: &Bytes) -> Result<ClientMessage, FrameError> {
         if frame.len() < PAYLOAD_OFFSET {
             return Err(FrameError::TooShort { len: frame.len() });
@@ -254,7 +255,7 @@ impl ClientMessage {
         if msg.message_type == START_PUBLICATION || msg.message_type == PAUSE_PUBLICATION {
             return Ok(msg);
         }
-        if header_length != HEADER_LENGTH {
+        if header_length < HEADER_LENGTH || payload_start > frame.len() {
             return Err(FrameError::HeaderLength(header_length));
         }
         if msg.message_type.is_empty() {
@@ -263,7 +264,7 @@ impl ClientMessage {
         if msg.created_date == 0 {
             return Err(FrameError::NoDate);
         }
-        let payload_length = u32_at(116);
+        let payload_length = u32_at(payload_start - 4);
         if payload_length != 0 && Sha256::digest(&msg.payload).as_slice() != &frame[80..112] {
             return Err(FrameError::Digest {
                 message_type: msg.message_type,
@@ -510,6 +511,12 @@ mod tests {
         assert_eq!(
             ClientMessage::decode(&Bytes::from(bad_len)),
             Err(FrameError::HeaderLength(120))
+        );
+        let mut zero_len = good.to_vec();
+        zero_len[..4].fill(0);
+        assert_eq!(
+            ClientMessage::decode(&Bytes::from(zero_len)),
+            Err(FrameError::HeaderLength(0))
         );
         let mut no_date = good.to_vec();
         no_date[40..48].fill(0);
