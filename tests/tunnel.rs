@@ -416,7 +416,8 @@ async fn basic_mode_with_an_old_agent_serves_connections_one_at_a_time() {
 async fn an_agent_that_wants_smux_keepalive_gets_it() {
     let (double, _echo) = double_with(|c| {
         c.agent_version = "3.1.1511.0".into();
-        c.smux_keepalive_interval = Duration::from_millis(100);
+        // The double flags a client silent for 3 of its intervals (1.5 s): generous for a loaded CI.
+        c.smux_keepalive_interval = Duration::from_millis(500);
     })
     .await;
     let opts = Options {
