@@ -14,4 +14,4 @@ unset AWS_PROFILE AWS_ENDPOINT_URL AWS_ENDPOINT_URL_SSM
 filter=bench_twenty_connections_by_one_mebibyte
 if [ "${1:-}" != quick ]; then filter=bench_; fi
 echo "machine: $(nproc) cores, $(uname -sr); $(date -u +%Y-%m-%dT%H:%MZ)"
-cargo test --release --locked --test tunnel -- --ignored --nocapture --test-threads 1 "$filter" 2>&1 | grep -E "^BENCH|test result|panicked"
+cargo test --release --locked --test tunnel -- --ignored --nocapture --test-threads 1 "$filter" 2>&1 | grep -oE "BENCH.*|test result.*|panicked.*"
