@@ -369,7 +369,7 @@ pub struct TunnelArgs {
     #[arg(long)]
     pub plugin: bool,
 
-    /// ECS cluster of NAME [default: the fleet name from the manifest]
+    /// ECS cluster of NAME [default: the fleet name from the manifest, as `thespctl up` names it]
     #[arg(long, conflicts_with = "instance")]
     pub cluster: Option<String>,
 }

@@ -876,11 +876,19 @@ async fn ecs_resolution_finds_the_task_instance_chain_in_moto() {
         other => panic!("{other:?}"),
     }
 
-    // The binary: NAME resolution ends in the clear no-host-port error (exit 2), before any session.
-    let cluster_arg = cluster.clone();
+    // The binary, cluster named by the manifest's fleet: NAME resolution ends in the clear no-host-port
+    // error (exit 2), before any session.
+    let dir = support::tempdir();
+    let manifest = dir.path().join("thespian.yaml");
+    std::fs::write(
+        &manifest,
+        format!("fleet: {cluster}\naws:\n  region: us-east-1\n"),
+    )
+    .unwrap();
     let out = tokio::task::spawn_blocking(move || {
         tunnel_cmd(&moto)
-            .args(["gilbert", "--cluster", &cluster_arg, "--replica", "1"])
+            .args(["gilbert", "--replica", "1", "-f"])
+            .arg(&manifest)
             .output()
             .unwrap()
     })

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use crate::Context;
 use crate::cli::TunnelArgs;
 use crate::error::{Error, Result};
+use crate::fleet::{self, FleetRef};
 use crate::target::aws::config;
 use crate::target::aws::tunnel::{
     self, Tunnel, TunnelError, TunnelTarget, plugin, resolve, session::Started,
@@ -22,14 +23,25 @@ enum Destination {
 }
 
 pub async fn run(args: &TunnelArgs, ctx: &Context) -> Result<u8> {
-    let destination = destination(args)?;
+    // The manifest names the cluster (the fleet) and the region; `--instance` and `--cluster` work
+    // without one.
+    let fleet = if args.instance.is_none() && args.cluster.is_none() {
+        Some(fleet::load_ref(&ctx.global.file)?)
+    } else {
+        fleet::load_ref(&ctx.global.file).ok()
+    };
+    let destination = destination(args, fleet.as_ref())?;
     let bind = SocketAddr::new(args.bind, args.local_port);
     if args.plugin && !args.bind.is_loopback() {
         return Err(Error::usage(
             "--bind cannot be used with --plugin: session-manager-plugin always listens on localhost",
         ));
     }
-    let sdk = config::load(&ctx.global, manifest_region(ctx)).await;
+    let manifest_region = fleet
+        .as_ref()
+        .and_then(|f| f.aws.as_ref())
+        .and_then(|a| a.region.as_deref());
+    let sdk = config::load(&ctx.global, manifest_region).await;
     if args.plugin {
         return run_plugin(args, ctx, &sdk, destination).await;
     }
@@ -73,7 +85,7 @@ async fn serve(tunnel: &Tunnel, ctx: &Context) -> Option<TunnelError> {
     }
 }
 
-fn destination(args: &TunnelArgs) -> Result<Destination> {
+fn destination(args: &TunnelArgs, fleet: Option<&FleetRef>) -> Result<Destination> {
     if let Some(instance) = &args.instance {
         let Some(port) = args.remote_port else {
             return Err(Error::usage(
@@ -101,17 +113,13 @@ fn destination(args: &TunnelArgs) -> Result<Destination> {
             "name a thespian (NAME) or give --instance and --remote-port",
         ));
     };
-    let Some(cluster) = args.cluster.clone() else {
+    // The ECS cluster is named exactly after the fleet, the service after the thespian.
+    let Some(cluster) = args.cluster.clone().or_else(|| fleet.map(|f| f.fleet.clone())) else {
         return Err(Error::usage(
-            "pass --cluster CLUSTER (the ECS cluster, named after the fleet): reading it from the manifest is not wired yet",
+            "no fleet manifest to name the ECS cluster: pass -f/--file PATH or --cluster CLUSTER",
         ));
     };
     Ok(Destination::Service { cluster, service })
-}
-
-/// The manifest's `aws.region`, once the fleet module can read it (the `--region` flag wins anyway).
-fn manifest_region(_ctx: &Context) -> Option<&'static str> {
-    None
 }
 
 /// `--plugin`: resolve as usual, start the session, hand it to session-manager-plugin.
