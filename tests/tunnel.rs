@@ -981,15 +981,20 @@ async fn bench_twenty_connections_by_one_mebibyte() {
             t.await.unwrap();
         }
         let secs = started.elapsed().as_secs_f64();
+        let r = double.records();
         let client_cpu = cpu_seconds(child.0.id()) - cpu_before;
         let rest_cpu = cpu_seconds(std::process::id()) - self_before;
         let mb_each_way = 20.0 * MIB as f64 / 1e6;
         println!(
             "BENCH run {run}: 20 x 1 MiB echoed in {secs:.2} s: {:.1} MB/s each way ({:.1} MB/s both ways); \
-             thespctl CPU {client_cpu:.2} s = {:.1} ms per MB carried (both ways); double+echo+load CPU {rest_cpu:.2} s",
+             thespctl CPU {client_cpu:.2} s = {:.1} ms per MB carried (both ways); double+echo+load CPU {rest_cpu:.2} s; \
+             so far: agent retransmits {}, client retransmits seen {}, client messages the agent could not take {}",
             mb_each_way / secs,
             2.0 * mb_each_way / secs,
             1000.0 * client_cpu / (2.0 * mb_each_way),
+            r.agent_retransmits,
+            r.client_duplicates.len(),
+            r.not_ready,
         );
     }
     assert_clean(&double);
