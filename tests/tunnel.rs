@@ -454,6 +454,25 @@ async fn close_sends_the_terminate_flag_then_calls_the_api() {
 }
 
 #[tokio::test]
+async fn a_dropped_tunnel_still_terminates_its_session() {
+    let (double, _echo) = double_with(|_| {}).await;
+    let tunnel = open(&double, quick()).await;
+    let id = tunnel.session_id().to_string();
+    drop(tunnel);
+    double
+        .wait_for("TerminateSession after the drop", Duration::from_secs(10), |r| {
+            r.api_calls
+                .iter()
+                .any(|(op, b)| op == "TerminateSession" && b["SessionId"] == id.as_str())
+        })
+        .await;
+    assert!(
+        double.records().flags.contains(&(id, 2)),
+        "the flag went in band too"
+    );
+}
+
+#[tokio::test]
 async fn channel_closed_by_the_service_ends_the_tunnel_with_its_output() {
     let (double, _echo) = double_with(|_| {}).await;
     let tunnel = open(&double, quick()).await;
@@ -868,6 +887,23 @@ async fn ecs_resolution_finds_the_task_instance_chain_in_moto() {
         }) => {
             assert_eq!(replica, 4);
             assert_eq!(listed, running);
+        }
+        other => panic!("{other:?}"),
+    }
+    // The public entry point `probe --via tunnel` uses stops at the same place, before StartSession.
+    match tunnel::open_to_service(
+        &config,
+        &cluster,
+        "gilbert",
+        Some(0),
+        loopback(),
+        CancellationToken::new(),
+    )
+    .await
+    {
+        Err(TunnelError::NoHostPort { task_id, service }) => {
+            assert_eq!(task_id, running[0]);
+            assert_eq!(service, "gilbert");
         }
         other => panic!("{other:?}"),
     }
