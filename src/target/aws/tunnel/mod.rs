@@ -582,10 +582,9 @@ pub async fn open_with(
         .local_addr()
         .map_err(|source| TunnelError::Listen { addr: bind, source })?;
     let ssm = aws_sdk_ssm::Client::new(sdk);
-    let started = tokio::select! {
-        s = start_session(&ssm, &target, local_address.port()) => s?,
-        _ = cancel.cancelled() => return Err(TunnelError::Cancelled),
-    };
+    // Not raced against `cancel`: an abandoned StartSession could leave a session we cannot name. A
+    // cancel that arrives meanwhile is seen by `session::start`, and the session is terminated below.
+    let started = start_session(&ssm, &target, local_address.port()).await?;
     let signer = session::Signer::from_sdk(sdk);
     let handle = match session::start(ssm.clone(), signer, started.clone(), opts.clone(), &cancel).await {
         Ok(h) => h,
