@@ -637,6 +637,63 @@ async fn ctrl_c_terminates_the_session_in_band_and_by_api_then_exits_0() {
     assert_clean(&double);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_human_output_names_the_forwarding_and_the_close() {
+    let (double, _echo) = double_with(|_| {}).await;
+    let mut child = Child(
+        tunnel_cmd(&double.api_url)
+            .args([
+                "--instance",
+                "i-0123456789abcdef0",
+                "--remote-port",
+                "5432",
+                "--remote-host",
+                "db.internal",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let rest = line
+        .strip_prefix("forwarding 127.0.0.1:")
+        .unwrap_or_else(|| panic!("{line:?}"));
+    assert!(
+        rest.trim_end()
+            .ends_with(" → db.internal:5432 via i-0123456789abcdef0"),
+        "{line:?}"
+    );
+    let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let (status, err) = tokio::task::spawn_blocking(move || {
+        let status = support::wait_timeout(&mut child.0, Duration::from_secs(20)).expect("exit after Ctrl-C");
+        let mut err = String::new();
+        child.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        (status, err)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(err.contains("press Ctrl-C to stop"), "{err}");
+    assert!(
+        err.contains("terminated (agent confirmed; TerminateSession called)"),
+        "{err}"
+    );
+    let r = double.records();
+    assert_eq!(
+        r.api_calls[0].1["DocumentName"],
+        "AWS-StartPortForwardingSessionToRemoteHost"
+    );
+}
+
 #[tokio::test]
 async fn the_binary_explains_an_instance_that_is_not_connected() {
     let (double, _echo) = double_with(|c| c.not_connected = vec!["i-offline".into()]).await;
