@@ -344,24 +344,51 @@ async fn the_routine_close_1000_is_resumed() {
 
 #[tokio::test]
 async fn a_slow_local_reader_gets_backpressure_not_truncation() {
-    let (double, _echo) = double_with(|c| c.resend_interval = Duration::from_millis(5)).await;
-    // A small receive buffer, so the slow reader below fills it and the client must refuse (not ack).
+    // A fast agent resend tick so that the refused backlog drains quickly once the reader is back.
+    let (double, _echo) = double_with(|c| c.resend_interval = Duration::from_millis(1)).await;
+    // A small receive buffer so the stalled reader below makes the client refuse (leave unacked).
     let opts = Options {
         receive_buffer: 8 * 1024,
         ..quick()
     };
     let tunnel = open(&double, opts).await;
-    echo_through(
-        tunnel.local_addr(),
-        600,
-        768 * 1024,
-        Some(Duration::from_millis(2)),
-    )
-    .await;
+    // More than the kernel buffers of the local connection absorb (loopback send buffers autotune
+    // up to tcp_wmem's 4 MiB) plus our own bounded queues, so the session itself must push back.
+    let len = 6 * MIB;
+    let data = pattern(600, len);
+    // The local application: a small socket receive buffer, and it does not read at first.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(tunnel.local_addr()).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        wr.write_all(&sent).await.unwrap();
+        wr
+    });
+    // Stalled until the client had to leave agent messages unacked (bounded wait).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tunnel.stats().refused == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no backpressure: {:?}",
+            tunnel.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut got = vec![0u8; len];
+    tokio::time::timeout(Duration::from_secs(60), rd.read_exact(&mut got))
+        .await
+        .expect("echo stalled")
+        .unwrap();
+    assert!(got == data, "echoed bytes differ");
+    drop(writer.await.unwrap());
+    let stats = tunnel.stats();
+    assert!(stats.refused > 0, "{stats:?}");
     let r = double.records();
     assert!(
         r.agent_retransmits > 0,
-        "the agent had to retransmit what the full client refused"
+        "the agent retransmitted what the full client refused"
     );
     assert_clean(&double);
     tunnel.close().await;

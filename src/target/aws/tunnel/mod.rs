@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::exit;
 
 pub use resolve::ResolvedTask;
-pub use session::{Options, SessionEvent};
+pub use session::{Options, SessionEvent, StatsSnapshot};
 
 /// `AWS-StartPortForwardingSession`: forward to a port on the instance itself.
 pub const DOCUMENT_PORT: &str = "AWS-StartPortForwardingSession";
@@ -368,6 +368,7 @@ pub struct Tunnel {
     flag_acked: std::sync::Mutex<Option<bool>>,
     /// An smux protocol failure that ended the session.
     port_failure: Arc<std::sync::Mutex<Option<smux::SmuxError>>>,
+    stats: Arc<session::Stats>,
 }
 
 impl std::fmt::Debug for Tunnel {
@@ -401,6 +402,11 @@ impl Tunnel {
 
     pub fn session_id(&self) -> &str {
         &self.description.session_id
+    }
+
+    /// Message counters of the session so far (sent, received, retransmitted, refused, resumes).
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
     }
 
     /// The next thing worth telling the user (reconnects, agent warnings); `None` once the session ended.
@@ -606,6 +612,7 @@ pub async fn open_with(
         events,
         terminate,
         task,
+        stats,
     } = handle;
     let stop_forward = CancellationToken::new();
     let port_failure: Arc<std::sync::Mutex<Option<smux::SmuxError>>> = Arc::default();
@@ -676,6 +683,7 @@ pub async fn open_with(
         watcher: Some(watcher),
         flag_acked: std::sync::Mutex::new(None),
         port_failure,
+        stats,
     })
 }
 

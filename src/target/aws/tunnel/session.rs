@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
@@ -95,6 +95,52 @@ impl Default for Options {
     }
 }
 
+/// Counters of one session, for tests, benchmarks and curious users.
+#[derive(Debug, Default)]
+pub struct Stats {
+    messages_sent: AtomicU64,
+    messages_received: AtomicU64,
+    retransmitted: AtomicU64,
+    refused: AtomicU64,
+    duplicates: AtomicU64,
+    resumes: AtomicU64,
+}
+
+/// A copy of [`Stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StatsSnapshot {
+    /// Sequenced messages we sent (first transmissions).
+    pub messages_sent: u64,
+    /// Sequenced messages received (every copy).
+    pub messages_received: u64,
+    /// Our messages sent again (timeouts and resumes).
+    pub retransmitted: u64,
+    /// Agent messages left unacked because the local side was not keeping up (backpressure).
+    pub refused: u64,
+    /// Agent messages received again (acked again).
+    pub duplicates: u64,
+    /// WebSocket reconnects (ResumeSession).
+    pub resumes: u64,
+}
+
+impl Stats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            messages_sent: get(&self.messages_sent),
+            messages_received: get(&self.messages_received),
+            retransmitted: get(&self.retransmitted),
+            refused: get(&self.refused),
+            duplicates: get(&self.duplicates),
+            resumes: get(&self.resumes),
+        }
+    }
+
+    fn bump(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
 /// What StartSession returned.
 #[derive(Debug, Clone)]
 pub struct Started {
@@ -163,6 +209,7 @@ pub struct SessionHandle {
     pub events: mpsc::Receiver<SessionEvent>,
     pub terminate: mpsc::Sender<()>,
     pub task: JoinHandle<SessionEnd>,
+    pub stats: Arc<Stats>,
 }
 
 /// SigV4 for the WebSocket upgrade (service `ssmmessages`).
@@ -489,7 +536,9 @@ pub async fn start(
         events_tx,
         last_rx: Instant::now(),
         ping,
+        stats: Arc::default(),
     };
+    let stats = actor.stats.clone();
     let mut task = tokio::spawn(actor.run(conn));
     let session_id = started.session_id.clone();
     let handshake = tokio::select! {
@@ -528,6 +577,7 @@ pub async fn start(
         events: events_rx,
         terminate: terminate_tx,
         task,
+        stats,
     })
 }
 
@@ -562,6 +612,7 @@ struct Actor {
     events_tx: mpsc::Sender<SessionEvent>,
     last_rx: Instant,
     ping: tokio::time::Interval,
+    stats: Arc<Stats>,
 }
 
 /// Why `serve` returned.
@@ -643,7 +694,9 @@ impl Actor {
                     self.last_rx = Instant::now();
                     self.ping.reset();
                     let mut sent = Ok(());
+                    Stats::bump(&self.stats.resumes, 1);
                     for frame in self.outbound.resend_all(Instant::now()) {
+                        Stats::bump(&self.stats.retransmitted, 1);
                         sent = sent.and_then(|()| conn.binary(frame));
                     }
                     match sent {
@@ -743,6 +796,7 @@ impl Actor {
                         retransmits: worst,
                     })));
                 }
+                Stats::bump(&self.stats.retransmitted, frames.len() as u64);
                 for frame in frames {
                     conn.binary(frame)?;
                 }
@@ -785,6 +839,7 @@ impl Actor {
                 break;
             };
             let (seq, frame) = self.outbound.push(payload_type, payload, Instant::now());
+            Stats::bump(&self.stats.messages_sent, 1);
             if let Some(w) = waiter {
                 self.flag_waiters.insert(seq, w);
             }
@@ -819,10 +874,16 @@ impl Actor {
             }
             OUTPUT_STREAM_DATA => {
                 self.paused = false;
-                match self
+                Stats::bump(&self.stats.messages_received, 1);
+                let verdict = self
                     .inbound
-                    .offer(msg.sequence_number, msg.payload_type, msg.payload.clone())
-                {
+                    .offer(msg.sequence_number, msg.payload_type, msg.payload.clone());
+                match verdict {
+                    Verdict::Refused => Stats::bump(&self.stats.refused, 1),
+                    Verdict::Duplicate => Stats::bump(&self.stats.duplicates, 1),
+                    Verdict::Accepted => {}
+                }
+                match verdict {
                     Verdict::Accepted => conn.binary(Ack::for_message(&msg).encode())?,
                     // Re-acked, so a lost ack is repaired by the agent's next retransmission. Skipped
                     // while our writes are backed up: the agent will ask again.
