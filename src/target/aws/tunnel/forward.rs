@@ -16,6 +16,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::message::Flag;
+
+/// Pause after a failed `accept` (e.g. too many open files) before trying again.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 use super::session::OutItem;
 use super::smux::{self, SmuxError};
 
@@ -37,7 +40,15 @@ pub async fn serve_mux(
         tokio::select! {
             r = &mut demux => break r,
             accepted = listener.accept() => {
-                let Ok((tcp, peer)) = accepted else { continue };
+                let (tcp, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors, say: do not spin; connections wait in the backlog.
+                        tracing::warn!("accepting a local connection failed: {e}");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                };
                 tracing::debug!("accepted {peer}");
                 let client = client.clone();
                 let stop = conns.child_token();
@@ -100,9 +111,13 @@ pub async fn serve_basic(
         // Between connections, bytes from the agent belong to a connection that is gone.
         let tcp = loop {
             tokio::select! {
-                accepted = listener.accept() => {
-                    if let Ok((tcp, _)) = accepted { break tcp }
-                }
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, _)) => break tcp,
+                    Err(e) => {
+                        tracing::warn!("accepting a local connection failed: {e}");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    }
+                },
                 data = inbound.recv() => {
                     match data {
                         Some(d) => tracing::debug!("discarding {} bytes for a closed connection", d.len()),
