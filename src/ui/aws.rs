@@ -59,7 +59,11 @@ impl Progress {
             last: Mutex::new(String::new()),
         };
         if line.bar.is_none() {
-            line.set(text);
+            // Plain mode prints changes only: the starting text is not news.
+            *line
+                .last
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = text.to_string();
         }
         line
     }
@@ -139,20 +143,7 @@ impl Line {
                 }
                 bar.finish_with_message(text.to_string());
             }
-            None => {
-                let mut last = self
-                    .last
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                last.clear();
-                last.push_str(text);
-                self.ui.info(format!(
-                    "{:w$}  {text}  ({})",
-                    self.name,
-                    human_duration(self.elapsed()),
-                    w = self.width
-                ));
-            }
+            None => self.set(text),
         }
     }
 
@@ -493,8 +484,8 @@ mod tests {
     fn plain_lines_are_printed_only_when_the_text_changes() {
         let ui = Ui::plain(OutputFormat::Table);
         let progress = Progress::new(&ui, &["demo-gilbert".into()]);
-        let line = progress.line("demo-gilbert", "creating change set");
-        assert_eq!(*line.last.lock().expect("lock"), "creating change set");
+        let line = progress.line("demo-gilbert", "queued");
+        assert_eq!(*line.last.lock().expect("lock"), "queued");
         line.set("UPDATE_IN_PROGRESS");
         line.set("UPDATE_IN_PROGRESS");
         assert_eq!(*line.last.lock().expect("lock"), "UPDATE_IN_PROGRESS");

@@ -337,6 +337,7 @@ pub(super) async fn up(target: &AwsTarget, plan: &Plan, opts: &UpOptions, ctx: &
 
     let mut names: Vec<String> = wanted.keys().cloned().collect();
     names.extend(removed.iter().map(|s| s.name.clone()));
+    names.extend(plan.thespians.iter().map(|t| format!("service {}", t.name)));
     let run = Run::new(target, ctx, opts.dry_run, opts.wait, opts.timeout, &names);
     let mut report = UpReport {
         fleet: plan.fleet.clone(),
@@ -349,7 +350,7 @@ pub(super) async fn up(target: &AwsTarget, plan: &Plan, opts: &UpOptions, ctx: &
 
     // 1. The environment stack.
     let env_existing = existing.get(&env_name).cloned();
-    let env_line = run.progress.line(&env_name, "starting");
+    let env_line = run.progress.line(&env_name, "queued");
     let env_decision = decisions.get(&env_name).cloned().unwrap_or(Decision::Create);
     let env_outcome = deploy_stack(&run, &env_spec, env_existing, env_decision, &env_line, true).await;
     let env_stack = match env_outcome {
@@ -430,7 +431,7 @@ pub(super) async fn up(target: &AwsTarget, plan: &Plan, opts: &UpOptions, ctx: &
             let run = &run;
             let existing = existing.get(&name).cloned();
             async move {
-                let line = run.progress.line(&name, "waiting");
+                let line = run.progress.line(&name, "queued");
                 let outcome = match spec {
                     Some(spec) => deploy_stack(run, &spec, existing, decision, &line, false).await,
                     // Dry run of a new fleet: no environment outputs to plan service stacks against.
@@ -624,9 +625,14 @@ fn error_failure(stack: &str, e: &AwsError) -> Failure {
         causes.push(cause.to_string().trim().to_string());
         source = cause.source();
     }
+    // The subject is said once, by the failure.
+    let summary = match e {
+        AwsError::Api { operation, .. } => format!("{operation} failed"),
+        other => other.to_string(),
+    };
     Failure {
         subject: format!("stack {stack}"),
-        summary: e.to_string(),
+        summary,
         causes,
     }
 }

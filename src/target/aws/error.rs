@@ -235,7 +235,7 @@ pub enum AwsError {
     )]
     MissingOutput { stack: String, output: String },
 
-    #[error("gave up waiting after {}; still in progress (not cancelled): {}", humantime::format_duration(*.waited), .still_running.join(", "))]
+    #[error("gave up waiting after {}; still in progress (not cancelled): {}", humantime::format_duration(std::time::Duration::from_secs(.waited.as_secs())), .still_running.join(", "))]
     Timeout {
         waited: Duration,
         still_running: Vec<String>,
@@ -384,7 +384,7 @@ where
 pub fn classify<E, R>(site: &CallSite<'_>, err: SdkError<E, R>) -> AwsError
 where
     E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
+    R: RawResponse + std::fmt::Debug + Send + Sync + 'static,
 {
     let operation = site.operation;
     let subject = site.subject.clone();
@@ -442,23 +442,55 @@ where
 }
 
 /// Keeps what the service said (`Code: message`) as the `caused by:` line, without the SDK's
-/// wrapper noise ("service error").
+/// wrapper noise ("service error"). A response the SDK could not make sense of (no error code: a proxy's
+/// HTML page, another protocol's error) is quoted with its HTTP status, so the cause is not lost.
 fn boxed<E, R>(err: SdkError<E, R>, code: Option<&str>) -> BoxError
 where
     E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
+    R: RawResponse + std::fmt::Debug + Send + Sync + 'static,
 {
+    let raw = err.raw_response().and_then(RawResponse::describe);
     match err {
-        SdkError::ServiceError(service) => {
+        SdkError::ServiceError(service) if code.is_some() => {
             let e = service.into_err();
             let message = e.message().map(str::trim).unwrap_or("").to_string();
-            match (code, message.is_empty()) {
-                (Some(code), false) => Box::new(SourceText(format!("{code}: {message}"))),
-                (Some(code), true) => Box::new(SourceText(code.to_string())),
-                (None, _) => Box::new(e),
+            let code = code.unwrap_or_default();
+            if message.is_empty() {
+                Box::new(SourceText(code.to_string()))
+            } else {
+                Box::new(SourceText(format!("{code}: {message}")))
             }
         }
-        other => Box::new(SourceText(render_chain(&other))),
+        other => match raw {
+            // The parser's complaint ("error parsing XML") says less than the response itself.
+            Some(raw) => Box::new(SourceText(format!("the service answered {raw}"))),
+            None => Box::new(SourceText(render_chain(&other))),
+        },
+    }
+}
+
+/// What can be said about a raw HTTP response in an error message.
+pub trait RawResponse {
+    fn describe(&self) -> Option<String>;
+}
+
+impl RawResponse for aws_smithy_runtime_api::http::Response {
+    fn describe(&self) -> Option<String> {
+        let body = self.body().bytes()?;
+        let text = String::from_utf8_lossy(body);
+        let text = text.trim();
+        let mut shown: String = text.chars().take(300).collect();
+        if shown.len() < text.len() {
+            shown.push('…');
+        }
+        Some(format!("HTTP {}: {shown}", self.status().as_u16()))
+    }
+}
+
+/// Tests build SDK errors without a response.
+impl RawResponse for () {
+    fn describe(&self) -> Option<String> {
+        None
     }
 }
 
