@@ -1238,6 +1238,55 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_operation_is_reported_with_its_root_cause() {
+        let path = format!(
+            "{}/tests/fixtures/aws/cfn-describe-stack-events-update-failed-update-rollback-complete.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let events =
+            super::super::events::fixtures::stack_events(&std::fs::read_to_string(path).expect("fixture"));
+        let op = operation(&events, OpKind::Deploy, &Slice::default());
+        let status = op.terminal_status().expect("terminal").to_string();
+        let error = AwsError::Failed {
+            failures: vec![op_failure("demo-gilbert", &status, &op)],
+        };
+        assert_eq!(
+            error.to_string(),
+            "stack demo-gilbert failed: UPDATE_ROLLBACK_COMPLETE\n    root cause: AuthGrant (Custom::Authn_Grant) \
+             CREATE_FAILED: Failed to create resource. 404: No resource with identifier https://authn-cr-failure.com"
+        );
+        assert_eq!(error.exit_code(), crate::error::exit::FAILED);
+    }
+
+    #[test]
+    fn several_failures_are_listed_each_with_its_causes() {
+        let error = AwsError::Failed {
+            failures: vec![
+                Failure {
+                    subject: "stack demo-a".into(),
+                    summary: "ROLLBACK_COMPLETE".into(),
+                    causes: vec!["TaskDefinition (AWS::ECS::TaskDefinition) CREATE_FAILED: no".into()],
+                },
+                Failure {
+                    subject: "service b".into(),
+                    summary: "deployment ecs-svc/1 is gone".into(),
+                    causes: vec![
+                        "(service b) deployment failed: tasks failed to start.".into(),
+                        "first failing task x stopped: Essential container in task exited".into(),
+                    ],
+                },
+            ],
+        };
+        let text = error.to_string();
+        assert!(text.starts_with("2 deployments failed\n  stack demo-a failed: ROLLBACK_COMPLETE\n    root cause: TaskDefinition"), "{text}");
+        assert!(text.contains("\n  service b failed: deployment ecs-svc/1 is gone\n    root cause: (service b) deployment failed"), "{text}");
+        assert!(
+            text.ends_with("\n    then: first failing task x stopped: Essential container in task exited"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn decisions_follow_the_stack_status() {
         assert_eq!(decide(None), Decision::Create);
         assert_eq!(decide(Some(&stack("REVIEW_IN_PROGRESS"))), Decision::Create);

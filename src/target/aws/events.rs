@@ -423,6 +423,59 @@ mod tests {
     }
 
     #[test]
+    fn replaying_a_failed_update_poll_by_poll() {
+        // What `up` sees polling a stack during the recorded failed update: each poll returns the
+        // history so far, newest first; our call came after the stack's CREATE_COMPLETE.
+        let history = stack_events(UPDATE_ROLLBACK);
+        let created = history
+            .iter()
+            .position(|e| e.is_stack_level() && e.status == "CREATE_COMPLETE")
+            .expect("create complete");
+        let cursor = history[created].id.clone();
+        let slice = Slice {
+            after_event: Some(&cursor),
+            token: None,
+        };
+        let mut lines = Vec::new();
+        let mut terminal_at = None;
+        for visible in 0..=created {
+            // The first `visible` events of the update, on top of everything before it.
+            let seen = &history[created - visible..];
+            let op = operation(seen, OpKind::Deploy, &slice);
+            assert!(op.found_start);
+            if let Some(latest) = op.latest() {
+                lines.push(latest.short());
+            }
+            if let Some(status) = op.terminal_status() {
+                terminal_at.get_or_insert((visible, status.to_string()));
+            }
+        }
+        lines.dedup();
+        assert_eq!(
+            lines,
+            vec![
+                "UPDATE_IN_PROGRESS",
+                "AuthApplication CREATE_IN_PROGRESS",
+                "AuthApplication CREATE_COMPLETE",
+                "AuthGrant CREATE_IN_PROGRESS",
+                "AuthGrant CREATE_FAILED",
+                "UPDATE_ROLLBACK_IN_PROGRESS",
+                "UPDATE_ROLLBACK_COMPLETE_CLEANUP_IN_PROGRESS",
+                "AuthGrant DELETE_IN_PROGRESS",
+                "AuthGrant DELETE_COMPLETE",
+                "AuthApplication DELETE_IN_PROGRESS",
+                "AuthApplication DELETE_COMPLETE",
+                "UPDATE_ROLLBACK_COMPLETE",
+            ]
+        );
+        // Terminal only once the last event is visible: no early "done" on the way.
+        assert_eq!(
+            terminal_at,
+            Some((created, "UPDATE_ROLLBACK_COMPLETE".to_string()))
+        );
+    }
+
+    #[test]
     fn terminal_and_failed_states() {
         for s in [
             "CREATE_COMPLETE",
