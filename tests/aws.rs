@@ -508,6 +508,32 @@ fn status_and_down_find_stacks_by_tag_not_by_manifest() {
     assert_eq!(report["deleted"].as_array().map(Vec::len), Some(2));
 }
 
+#[test]
+fn endpoint_environment_variables_reach_every_client() {
+    let fleet = Fleet::new("envurl", GILBERT_YORICK);
+    // No --endpoint-url: the per-service variables of the AWS SDKs (CloudFormation for up, ECS too for
+    // status) point at moto.
+    let url = support::moto_url();
+    let run = |subcommand: &str, args: &[&str]| {
+        thespctl()
+            .arg(subcommand)
+            .args(["--target", "aws", "--file"])
+            .arg(&fleet.manifest)
+            .args(args)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_ENDPOINT_URL_CLOUDFORMATION", &url)
+            .env("AWS_ENDPOINT_URL_ECS", &url)
+            .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+            .output()
+            .expect("run thespctl")
+    };
+    let out = run("up", &["--no-wait"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = run("status", &["-o", "json"]);
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    assert_eq!(status["thespians"][0]["service"]["desired"], 2, "{}", text(&out));
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Failures
 
