@@ -13,7 +13,7 @@
 //! - a parameter-only change set lists no resource changes, and a CloudFormation update of a task
 //!   definition registers a revision without its container definitions: the change is checked through
 //!   the stack's parameters and the task definition's physical id;
-//! - it cannot delete the environment stack (its NAT gateway model has no delete), so it answers
+//! - it cannot delete the environment stack (its route tables have no delete handler), so it answers
 //!   DeleteStack with DependencyViolation; and deleting a service stack leaves its ECS service (moto's
 //!   ECS models have no CloudFormation delete);
 //! - a CloudFormation update of a task definition does not move the ECS service to the new revision.
@@ -447,8 +447,8 @@ fn down_deletes_service_stacks_then_the_environment() {
     ));
     assert_eq!(aws, serde_json::json!([fleet.name]));
 
-    // Then the environment. moto 5.2.5 cannot delete it (DependencyViolation on the VPC: its NAT
-    // gateway has no delete); the failure is reported with its cause, exit 1.
+    // Then the environment. moto 5.2.5 cannot delete it (DependencyViolation on the VPC: its route
+    // tables have no delete handler); the failure is reported with its cause, exit 1.
     let out = fleet.run("down", &["--yes"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));

@@ -684,6 +684,15 @@ async fn deploy_stack_inner(
     let label = spec.name.as_str();
     let elapsed = |started: Instant| u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
 
+    // Queued behind --parallel when Ctrl-C came: start nothing new.
+    if run.ctx.cancel.is_cancelled() {
+        line.abandon("not started");
+        return Ok(Outcome::Stopped {
+            report: stack_report(spec, StackAction::Update),
+            stop: Stop::Cancelled,
+            running: false,
+        });
+    }
     if run.dry_run {
         return plan_stack(run, spec, existing, decision, line).await;
     }
@@ -971,7 +980,14 @@ async fn make_change_set(
     let mut polls = 0;
     loop {
         if let Some(stop) = run.pause(run.poll_interval(polls)).await {
+            // Our own artefacts, not an operation: remove them (a new stack's shell too).
             let _ = run.cfn.delete_change_set(&id, label).await;
+            if create {
+                let _ = run
+                    .cfn
+                    .delete_stack(&stack_id, label, &token("thespctl-cleanup"))
+                    .await;
+            }
             return Ok(Err(stop));
         }
         polls += 1;
@@ -1044,12 +1060,6 @@ async fn plan_stack(
     let create = decision == Decision::Create;
     let change_set = match make_change_set(run, spec, create, line).await? {
         Err(stop) => {
-            if create {
-                let _ = run
-                    .cfn
-                    .delete_stack(&spec.name, &spec.name, &token("thespctl-cleanup"))
-                    .await;
-            }
             return Ok(Outcome::Stopped {
                 report,
                 stop,

@@ -175,6 +175,14 @@ pub(super) async fn delete_stacks(run: &Run<'_>, stacks: &[StackInfo], parallel:
 
 async fn delete_one(run: &Run<'_>, stack: &StackInfo) -> Deleted {
     let line = run.progress.line(&stack.name, "deleting");
+    if run.ctx.cancel.is_cancelled() {
+        line.abandon("not started");
+        return Deleted::Stopped {
+            stack: stack.name.clone(),
+            stop: Stop::Cancelled,
+            running: false,
+        };
+    }
     let started = Instant::now();
     let mut pacer = Pacer::default();
     let label = stack.name.as_str();
