@@ -377,7 +377,18 @@ pub(super) async fn up(target: &AwsTarget, plan: &Plan, opts: &UpOptions, ctx: &
 
     // The service stacks' wiring: the environment's outputs (none yet in a dry run of a new fleet).
     let env_outputs: Option<EnvironmentOutputs> = match &env_stack {
-        Some(stack) if super::events::is_terminal(&stack.status) && stack.status != "REVIEW_IN_PROGRESS" => {
+        // Only a stack whose last operation completed (or rolled back to a completed state) has outputs:
+        // a plan against a stack stuck in ROLLBACK_COMPLETE has none to offer.
+        Some(stack)
+            if matches!(
+                stack.status.as_str(),
+                "CREATE_COMPLETE"
+                    | "UPDATE_COMPLETE"
+                    | "UPDATE_ROLLBACK_COMPLETE"
+                    | "IMPORT_COMPLETE"
+                    | "IMPORT_ROLLBACK_COMPLETE"
+            ) =>
+        {
             let (outputs, warning) = params::env_outputs(stack, &plan.fleet, aws.alb.is_some())?;
             if let Some(w) = warning {
                 run.progress.warn(&w);
@@ -446,7 +457,7 @@ pub(super) async fn up(target: &AwsTarget, plan: &Plan, opts: &UpOptions, ctx: &
                                 elapsed_ms: None,
                                 parameters_changed: vec![],
                                 changes: vec![],
-                                note: Some("resources are listed once the environment stack exists".into()),
+                                note: Some("resources are listed once the environment stack is deployed".into()),
                             },
                             stack: None,
                             started: None,
