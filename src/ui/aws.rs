@@ -405,7 +405,14 @@ fn short_id(id: &str) -> &str {
 impl Report for DownReport {
     fn render(&self, ui: &Ui) -> String {
         if self.deleted.is_empty() {
-            return format!("fleet {}: nothing deployed in {}", self.fleet, self.region);
+            return if self.kept_environment {
+                format!(
+                    "fleet {}: no service stacks to delete in {}; the environment stack was kept (--keep-environment)",
+                    self.fleet, self.region
+                )
+            } else {
+                format!("fleet {}: nothing deployed in {}", self.fleet, self.region)
+            };
         }
         let mut table = ui.table(&["STACK", "THESPIAN", "STATUS", "TIME"]);
         for d in &self.deleted {
