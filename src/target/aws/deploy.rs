@@ -457,7 +457,9 @@ pub(super) async fn up(target: &AwsTarget, plan: &Plan, opts: &UpOptions, ctx: &
                                 elapsed_ms: None,
                                 parameters_changed: vec![],
                                 changes: vec![],
-                                note: Some("resources are listed once the environment stack is deployed".into()),
+                                note: Some(
+                                    "resources are listed once the environment stack is deployed".into(),
+                                ),
                             },
                             stack: None,
                             started: None,
