@@ -389,7 +389,8 @@ pub(super) async fn up(target: &AwsTarget, plan: &Plan, opts: &UpOptions, ctx: &
                     | "IMPORT_ROLLBACK_COMPLETE"
             ) =>
         {
-            let (outputs, warning) = params::env_outputs(stack, &plan.fleet, aws.alb.is_some())?;
+            let (outputs, warning) =
+                params::env_outputs(stack, &plan.fleet, aws.alb.is_some(), target.custom_endpoint)?;
             if let Some(w) = warning {
                 run.progress.warn(&w);
                 report.warnings.push(w);

@@ -40,6 +40,9 @@ pub struct AwsTarget {
     pub region: String,
     /// `--profile` / `AWS_PROFILE`, for messages.
     pub profile: Option<String>,
+    /// CloudFormation calls go to an overridden endpoint (`--endpoint-url`, `AWS_ENDPOINT_URL[_CLOUDFORMATION]`),
+    /// i.e. an emulator such as moto rather than AWS: only then are emulator gaps tolerated.
+    pub custom_endpoint: bool,
     cfn: aws_sdk_cloudformation::Client,
     ecs: aws_sdk_ecs::Client,
 }
@@ -55,9 +58,12 @@ impl AwsTarget {
 
     /// A target on an explicit `SdkConfig` (which must have a region).
     pub fn with_config(sdk: SdkConfig, profile: Option<String>) -> Self {
+        let custom_endpoint = sdk.endpoint_url().is_some()
+            || std::env::var_os("AWS_ENDPOINT_URL_CLOUDFORMATION").is_some_and(|v| !v.is_empty());
         AwsTarget {
             region: config::region_of(&sdk).unwrap_or_default(),
             profile,
+            custom_endpoint,
             cfn: aws_sdk_cloudformation::Client::new(&sdk),
             ecs: aws_sdk_ecs::Client::new(&sdk),
             sdk,

@@ -108,18 +108,20 @@ pub fn env_spec(plan: &Plan, aws: &AwsSettings) -> Result<StackSpec, AwsError> {
 
 /// Reads the environment stack's outputs.
 ///
-/// A stack that reports **no outputs at all** gets a warning instead of an error, and the values the
+/// Against an emulator only (`custom_endpoint`: CloudFormation calls go to an overridden endpoint), a
+/// stack that reports **no outputs at all** gets a warning instead of an error, and the values the
 /// template contract pins: `ClusterName` is the fleet name, and `NamespaceArn` is reported as unknown
 /// (`…:namespace/unknown`). This is for moto 5.2.5, which never reports the outputs of stacks deployed
-/// through change sets (nor does it model Cloud Map namespaces or Service Connect); real CloudFormation
-/// always reports the declared outputs of a completed stack. Without an ALB nothing else is needed; with
-/// one, missing outputs are an error. A stack that reports outputs but lacks one is an error too.
+/// through change sets (nor does it model Cloud Map namespaces or Service Connect). Real CloudFormation
+/// always reports the declared outputs of a completed stack, so against AWS missing outputs are an error,
+/// as they are with an ALB, and as a stack that reports outputs but lacks one is.
 pub fn env_outputs(
     stack: &StackInfo,
     fleet: &str,
     use_alb: bool,
+    custom_endpoint: bool,
 ) -> Result<(EnvironmentOutputs, Option<String>), AwsError> {
-    if stack.outputs.is_empty() && !use_alb {
+    if stack.outputs.is_empty() && !use_alb && custom_endpoint {
         // arn:PARTITION:cloudformation:REGION:ACCOUNT:stack/NAME/ID
         let arn: Vec<&str> = stack.id.split(':').collect();
         let (partition, region, account) = match arn.as_slice() {
@@ -327,13 +329,17 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn outputs_missing_entirely_warn_but_a_missing_one_is_an_error() {
+    fn outputs_missing_entirely_warn_only_with_an_emulator_and_a_missing_one_is_an_error() {
         let mut stack = StackInfo {
             id: "arn:aws:cloudformation:us-east-1:123456789012:stack/demo/0a1b".into(),
             name: "demo".into(),
             ..StackInfo::default()
         };
-        let (out, warning) = env_outputs(&stack, "demo", false).expect("lenient");
+        assert!(
+            env_outputs(&stack, "demo", false, false).is_err(),
+            "against AWS, missing outputs are an error"
+        );
+        let (out, warning) = env_outputs(&stack, "demo", false, true).expect("lenient with an emulator");
         assert_eq!(out.cluster_name, "demo");
         assert_eq!(
             out.namespace_arn,
@@ -341,12 +347,12 @@ pub(crate) mod tests {
         );
         assert!(warning.expect("a warning").contains("no outputs"));
         assert!(
-            env_outputs(&stack, "demo", true).is_err(),
+            env_outputs(&stack, "demo", true, true).is_err(),
             "an ALB cannot be wired without outputs"
         );
 
         stack.outputs.insert("ClusterName".into(), "demo".into());
-        let err = env_outputs(&stack, "demo", false).expect_err("NamespaceArn missing");
+        let err = env_outputs(&stack, "demo", false, true).expect_err("NamespaceArn missing");
         assert!(err.to_string().contains("NamespaceArn"), "{err}");
     }
 
