@@ -169,8 +169,8 @@ pub struct UpArgs {
     #[arg(long)]
     pub continue_rollback: bool,
 
-    /// How many service stacks to deploy at once
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// How many service stacks to deploy at once (describe calls stay at ≤ 2 per stack per second)
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub parallel: u16,
 }
 
@@ -382,6 +382,10 @@ pub struct TunnelArgs {
     /// Hand the data channel to an installed session-manager-plugin instead of the native client
     #[arg(long)]
     pub plugin: bool,
+
+    /// ECS cluster of NAME [default: the fleet name from the manifest, as `thespctl up` names it]
+    #[arg(long, conflicts_with = "instance")]
+    pub cluster: Option<String>,
 }
 
 #[derive(Debug, Args)]
