@@ -14,7 +14,7 @@ use crate::probe::conn::{Pool, Refresh, parse_address};
 use crate::probe::engine::{self, LoadPlan, LoadTarget, Pacing, Shared};
 use crate::probe::gates::Gates;
 use crate::probe::report::{ProbeReport, RunInfo};
-use crate::target::Endpoint;
+use crate::target::{Endpoint, EndpointGuard};
 use crate::ui;
 
 /// `--max-in-flight` when not given: far above what a healthy run needs (rate × latency), low enough
@@ -128,8 +128,8 @@ impl Options {
 struct Resolution {
     target: String,
     endpoints: Vec<Endpoint>,
-    /// Keeps a tunnel open for the whole probe (dropped when `run` returns).
-    _guard: Option<Box<dyn Send>>,
+    /// Keeps a tunnel open for the whole probe; `run` closes it at the end.
+    guard: Option<Box<dyn EndpointGuard>>,
     refresh: Option<Refresh>,
 }
 
@@ -143,7 +143,7 @@ async fn resolve(args: &ProbeArgs, ctx: &Context) -> Result<Resolution> {
         return Ok(Resolution {
             target: args.name.clone().unwrap_or_else(|| args.address.join(",")),
             endpoints,
-            _guard: None,
+            guard: None,
             refresh: None,
         });
     }
@@ -155,6 +155,7 @@ async fn resolve(args: &ProbeArgs, ctx: &Context) -> Result<Resolution> {
     let fleet = crate::fleet::load_ref(&ctx.global.file)?;
     let resolved = crate::target::endpoints(ctx, &fleet, &name, args.via).await?;
     if resolved.endpoints.is_empty() {
+        resolved.close().await;
         return Err(ProbeError::NoReplicas { thespian: name }.into());
     }
     // Direct addresses (no tunnel to keep open) can be looked up again when a replica moves mid-run.
@@ -163,10 +164,11 @@ async fn resolve(args: &ProbeArgs, ctx: &Context) -> Result<Resolution> {
         let refresh: Refresh = Box::new(move || {
             let (ctx, fleet, name) = (ctx.clone(), fleet.clone(), name.clone());
             Box::pin(async move {
-                crate::target::endpoints(&ctx, &fleet, &name, via)
-                    .await
-                    .ok()
-                    .map(|r| r.endpoints)
+                let resolved = crate::target::endpoints(&ctx, &fleet, &name, via).await.ok()?;
+                let endpoints = resolved.endpoints.clone();
+                // Nothing to keep open for direct addresses; close whatever came anyway.
+                resolved.close().await;
+                Some(endpoints)
             })
         });
         refresh
@@ -174,7 +176,7 @@ async fn resolve(args: &ProbeArgs, ctx: &Context) -> Result<Resolution> {
     Ok(Resolution {
         target: name,
         endpoints: resolved.endpoints,
-        _guard: resolved.guard,
+        guard: resolved.guard,
         refresh,
     })
 }
@@ -186,7 +188,17 @@ fn connections(requested: Option<u32>, endpoints: usize) -> usize {
 
 pub async fn run(args: &ProbeArgs, ctx: &Context) -> Result<u8> {
     let options = Options::from_args(args)?;
-    let resolution = resolve(args, ctx).await?;
+    let mut resolution = resolve(args, ctx).await?;
+    let guard = resolution.guard.take();
+    let result = probe(args, options, resolution, ctx).await;
+    // A tunnel stays open for the whole probe and is closed cleanly whatever the outcome.
+    if let Some(guard) = guard {
+        guard.close().await;
+    }
+    result
+}
+
+async fn probe(args: &ProbeArgs, options: Options, resolution: Resolution, ctx: &Context) -> Result<u8> {
     let interrupted = || Error::Interrupted {
         still_running: vec![],
     };
