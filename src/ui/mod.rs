@@ -23,6 +23,12 @@ use crate::cli::OutputFormat;
 pub trait Report: Serialize {
     /// The human rendering (without trailing newline).
     fn render(&self, ui: &Ui) -> String;
+
+    /// The exit code when this report is the command's result: a report can describe a failure that is
+    /// not an error (`status` of a fleet with a dead replica exits 1).
+    fn exit_code(&self) -> u8 {
+        crate::error::exit::OK
+    }
 }
 
 #[derive(Debug, Clone)]
