@@ -13,7 +13,9 @@ use std::time::Duration;
 pub fn thespctl() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_thespctl"));
     // Tests read plain output and must never reach real AWS.
-    cmd.env("NO_COLOR", "1").env_remove("AWS_PROFILE").env_remove("THESPCTL_TARGET");
+    cmd.env("NO_COLOR", "1")
+        .env_remove("AWS_PROFILE")
+        .env_remove("THESPCTL_TARGET");
     cmd
 }
 
@@ -53,7 +55,8 @@ impl Agent {
             .next()
             .expect("agent printed no line before exiting")
             .expect("read agent stdout");
-        let addr = listening_address(&first).unwrap_or_else(|| panic!("first agent line names no address: {first}"));
+        let addr =
+            listening_address(&first).unwrap_or_else(|| panic!("first agent line names no address: {first}"));
         let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = logs.clone();
         std::thread::spawn(move || {
@@ -72,7 +75,8 @@ impl Agent {
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM agent");
-        wait_timeout(&mut self.child, Duration::from_secs(20)).expect("agent did not exit within 20 s of SIGTERM")
+        wait_timeout(&mut self.child, Duration::from_secs(20))
+            .expect("agent did not exit within 20 s of SIGTERM")
     }
 }
 
@@ -86,7 +90,9 @@ impl Drop for Agent {
 /// The bound address from the agent's first log line: a JSON object with an `address` field.
 pub fn listening_address(line: &str) -> Option<SocketAddr> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    let addr = v.get("address").or_else(|| v.get("fields").and_then(|f| f.get("address")))?;
+    let addr = v
+        .get("address")
+        .or_else(|| v.get("fields").and_then(|f| f.get("address")))?;
     addr.as_str()?.parse().ok()
 }
 
@@ -113,11 +119,15 @@ pub fn moto_url() -> String {
 /// The Python venv made by `scripts/test` (grpcio, cfn-lint, moto).
 pub fn venv() -> PathBuf {
     PathBuf::from(
-        std::env::var("THESPCTL_TEST_VENV").expect("THESPCTL_TEST_VENV is not set: run the suite with scripts/test"),
+        std::env::var("THESPCTL_TEST_VENV")
+            .expect("THESPCTL_TEST_VENV is not set: run the suite with scripts/test"),
     )
 }
 
 /// A fresh directory for a test fleet (removed when dropped).
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("thespctl-test-").tempdir().expect("tempdir")
+    tempfile::Builder::new()
+        .prefix("thespctl-test-")
+        .tempdir()
+        .expect("tempdir")
 }
