@@ -379,6 +379,9 @@ fn up_probe_change_and_down_leaves_nothing() {
     assert_eq!((code, &status["running"]), (1, &Value::Bool(false)));
 }
 
+/// One request of the load: sent, answered, and how.
+type Outcome = (Instant, Instant, Result<(), String>);
+
 #[test]
 fn a_rolling_restart_under_load_fails_no_request() {
     let fleet = Fleet::example("gilbert-yorick");
@@ -390,7 +393,7 @@ fn a_rolling_restart_under_load_fails_no_request() {
     // Open-loop load on yorick (every call goes through to gilbert), 500 requests/s, while `up` replaces
     // both gilbert replicas. The load starts before `up` and ends well after it.
     let rt = runtime();
-    let results: Arc<Mutex<Vec<(Instant, Instant, Result<(), String>)>>> = Arc::default();
+    let results: Arc<Mutex<Vec<Outcome>>> = Arc::default();
     let stop = tokio_util::sync::CancellationToken::new();
     let first_ok = Arc::new(tokio::sync::Notify::new());
     let load = rt.spawn({
@@ -665,7 +668,7 @@ fn count_agents_in(dir: &Path) -> usize {
         dir.join(".thespctl").join("resolve").display()
     );
     std::fs::read_dir("/proc")
-        .unwrap()
+        .expect("read /proc")
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| matches!(stat(*pid), Some((s, _)) if s != 'Z'))

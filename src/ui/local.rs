@@ -176,6 +176,40 @@ impl Report for DownReport {
     }
 }
 
+/// Progress of `up`: a bar on a terminal; elsewhere one plain line on stderr per finished step (nothing in
+/// JSON mode, where stderr stays quiet).
+#[derive(Debug, Clone)]
+pub struct UpProgress {
+    ui: Ui,
+    bar: indicatif::ProgressBar,
+}
+
+impl UpProgress {
+    pub fn new(ui: &Ui, steps: u64) -> Self {
+        UpProgress {
+            ui: ui.clone(),
+            bar: ui.progress_bar(steps),
+        }
+    }
+
+    /// A step begins (`starting gilbert[0]`).
+    pub fn begin(&self, what: String) {
+        self.bar.set_message(what);
+    }
+
+    /// A step is done (`gilbert[0] serving at 127.0.0.1:41001`).
+    pub fn done(&self, line: String) {
+        self.bar.inc(1);
+        if !self.ui.interactive {
+            self.ui.info(line);
+        }
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
 fn plural(n: usize, one: &str, many: &str) -> String {
     if n == 1 {
         format!("1 {one}")

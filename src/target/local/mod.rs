@@ -147,14 +147,16 @@ impl LocalTarget {
         Self::beside(&plan.manifest_path)
     }
 
-    /// `.thespctl/` in the manifest's directory.
+    /// `.thespctl/` in the manifest's directory, as an absolute path: log paths recorded in the state
+    /// must stay valid from any working directory.
     pub fn beside(manifest: &std::path::Path) -> Self {
         let dir = manifest
             .parent()
             .map(std::path::Path::to_path_buf)
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .join(".thespctl");
         LocalTarget {
-            state_dir: dir.join(".thespctl"),
+            state_dir: std::path::absolute(&dir).unwrap_or(dir),
         }
     }
 
@@ -249,9 +251,10 @@ mod tests {
     fn the_state_lives_beside_the_manifest() {
         let t = LocalTarget::beside(Path::new("/srv/fleet/thespian.yaml"));
         assert_eq!(t.state_dir, Path::new("/srv/fleet/.thespctl"));
+        let cwd = std::env::current_dir().unwrap();
         assert_eq!(
             LocalTarget::beside(Path::new("thespian.yaml")).state_dir,
-            Path::new(".thespctl")
+            cwd.join(".thespctl")
         );
     }
 

@@ -25,6 +25,7 @@ use super::state::{ReplicaRecord, State, StateDir, now_ms};
 use super::{LocalError, LocalTarget, resolve};
 use crate::Context;
 use crate::fleet::Plan;
+use crate::ui::local::UpProgress;
 
 /// How long a new replica gets to print its address and report SERVING (`up --timeout` overrides).
 pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -88,7 +89,7 @@ pub async fn up(
         .iter()
         .map(|d| (d.start.len() + d.replace.len() + d.stop.len()) as u64)
         .sum();
-    let bar = ctx.ui.progress_bar(steps);
+    let bar = UpProgress::new(&ctx.ui, steps);
     let deadline_after = opts.timeout.unwrap_or(DEFAULT_START_TIMEOUT);
     let run = Run {
         shared: shared.clone(),
@@ -150,9 +151,14 @@ pub async fn up(
             .unwrap_or_else(std::sync::PoisonError::into_inner),
     );
     join_all(drains).await;
-    bar.finish_and_clear();
+    bar.finish();
 
     if ctx.cancel.is_cancelled() {
+        ctx.ui.warn(format!(
+            "up was interrupted; nothing was left half-started, and the replicas recorded in {} keep \
+             running: `thespctl status` shows them, `thespctl up` finishes the job",
+            dir.state_file().display()
+        ));
         return Err(LocalError::Interrupted);
     }
     if !failures.is_empty() {
@@ -226,7 +232,7 @@ struct Run {
     shared: Arc<Shared>,
     cancel: CancellationToken,
     timeout: Duration,
-    bar: indicatif::ProgressBar,
+    bar: UpProgress,
     drains: Mutex<Vec<tokio::task::JoinHandle<process::StopOutcome>>>,
 }
 
@@ -291,12 +297,18 @@ impl Run {
     }
 
     fn drain(&self, old: ReplicaRecord) {
-        self.bar.set_message(format!("stopping {}", old.label()));
+        self.bar
+            .begin(format!("stopping {} (pid {})", old.label(), old.pid));
         let bar = self.bar.clone();
         // Spawned, not just queued: the SIGTERM must go out now, while the rollout carries on.
         let fut = tokio::spawn(async move {
             let outcome = process::stop(old.pid, old.start_time, DRAIN_GRACE).await;
-            bar.inc(1);
+            let how = match outcome {
+                process::StopOutcome::Drained => "stopped",
+                process::StopOutcome::Killed => "killed after the drain grace period",
+                process::StopOutcome::NotRunning | process::StopOutcome::ForeignPid => "already gone",
+            };
+            bar.done(format!("{} (pid {}) {how}", old.label(), old.pid));
             outcome
         });
         self.drains
@@ -310,7 +322,7 @@ impl Run {
     async fn start(&self, d: &ThespianDiff, index: u32) -> Result<(), ReplicaFailure> {
         let dir = &self.shared.dir;
         let label = format!("{}[{index}]", d.name);
-        self.bar.set_message(format!("starting {label}"));
+        self.bar.begin(format!("starting {label}"));
         let log = dir.log_file(&d.name, index);
         // The running process (if any) keeps writing to its file under the new name while it drains.
         if log.exists() {
@@ -377,7 +389,8 @@ impl Run {
             let _ = spawned.child.wait();
             return Err(fail(e.to_string()));
         }
-        self.bar.inc(1);
+        self.bar
+            .done(format!("{label} (pid {}) serving at {addr}", spawned.pid));
         // The child is deliberately not waited for: it outlives `up`.
         drop(spawned);
         Ok(())
