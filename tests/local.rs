@@ -293,6 +293,14 @@ fn up_probe_change_and_down_leaves_nothing() {
     let (code, status) = fleet.status();
     assert_eq!(code, 0, "{status}");
     assert_eq!(status["healthy"], true);
+    // The state knows who calls whom (down stops yorick before gilbert).
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(fleet.state_dir().join("state.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        state["thespians"]["yorick"]["callees"],
+        serde_json::json!(["gilbert"])
+    );
 
     // yorick answers (and is the one answering), and its calls spread over both gilbert replicas.
     let rt = runtime();

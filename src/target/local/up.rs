@@ -383,7 +383,14 @@ impl Run {
             log: log.clone(),
             started_at_ms: now_ms(),
         };
-        if let Err(e) = self.shared.commit(|s| s.put(record)) {
+        let recorded = self.shared.commit(|s| {
+            s.put(record);
+            // A thespian new to the state needs its callees too (`down`'s stop order).
+            if let Some(t) = s.thespians.get_mut(&d.name) {
+                t.callees.clone_from(&d.callees);
+            }
+        });
+        if let Err(e) = recorded {
             // Unrecorded, it would be an orphan: stop it rather than leave it running.
             let _ = spawned.child.kill();
             let _ = spawned.child.wait();
