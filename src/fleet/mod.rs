@@ -89,19 +89,3 @@ pub enum ManifestError {
         source: std::io::Error,
     },
 }
-
-// TEMPORARY (branch `local` only, reverted before merging `main`): the signatures the fleet engineer is
-// implementing, so the local commands compile before `fleet` lands.
-pub fn load_plan(path: &std::path::Path) -> Result<Plan, ManifestError> {
-    Err(ManifestError::Read {
-        path: path.to_path_buf(),
-        source: std::io::Error::other("manifest parsing has not landed on this branch yet"),
-    })
-}
-
-pub fn load_ref(path: &std::path::Path) -> Result<FleetRef, ManifestError> {
-    Err(ManifestError::Read {
-        path: path.to_path_buf(),
-        source: std::io::Error::other("manifest parsing has not landed on this branch yet"),
-    })
-}
