@@ -2,6 +2,7 @@
 //! AWS SDK types stay inside this module.
 
 pub mod config;
+pub mod templates;
 pub mod tunnel;
 
 use aws_config::SdkConfig;
