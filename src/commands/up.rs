@@ -24,6 +24,10 @@ pub async fn run(args: &UpArgs, ctx: &Context) -> Result<u8> {
 
 /// `up` and `plan` (which is `up` with `dry_run`) on whichever target the flag or manifest chooses.
 pub async fn deploy(plan: &Plan, opts: &UpOptions, ctx: &Context) -> Result<u8> {
+    // Problems that do not stop the fleet from working (an unused method, say) are said once, up front.
+    for warning in &plan.warnings {
+        ctx.ui.warn(warning);
+    }
     match choose(ctx.global.target, plan.target) {
         TargetKind::Local => {
             let report = LocalTarget::for_plan(plan).up(plan, opts, ctx).await?;

@@ -197,6 +197,7 @@ pub(crate) mod tests {
                 })
                 .collect(),
             aws: None,
+            warnings: Vec::new(),
         }
     }
 
