@@ -93,7 +93,7 @@ pub enum LocalError {
     NoLogs { dir: PathBuf },
 
     #[error(
-        "{} did not come up:\n  {}\nthe rest of the fleet is running (see `thespctl status`); fix the cause and run `thespctl up` again",
+        "{} did not come up:\n  {}\nreplicas that did come up keep running (see `thespctl status`); fix the cause and run `thespctl up` again",
         if .failures.len() == 1 { "a replica".to_string() } else { format!("{} replicas", .failures.len()) },
         .failures.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  ")
     )]
