@@ -33,12 +33,14 @@ cleanup() {
 trap cleanup EXIT INT TERM
 cp -r "examples/$EXAMPLE/." "$work/"
 manifest=$work/thespian.yaml
+log=$work/thespctl.log   # stderr of every command (progress lines, errors), shown if a round fails
+tc() { "$THESPCTL" "$@" >/dev/null 2>>"$log" || { echo "thespctl $1 failed:" >&2; tail -20 "$log" >&2; exit 1; }; }
 
 replicas() { # the number of replicas in the state
   python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(sum(len(t["replicas"]) for t in s["thespians"].values()))' "$work/.thespctl/state.json"
 }
 pids() { # pid:start_time of every recorded replica
-  python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(" ".join(f"{r["pid"]}:{r["start_time"]}" for t in s["thespians"].values() for r in t["replicas"]))' "$work/.thespctl/state.json"
+  python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(" ".join("%d:%d" % (r["pid"], r["start_time"]) for t in s["thespians"].values() for r in t["replicas"]))' "$work/.thespctl/state.json"
 }
 alive() { # pid:start_time -> true if that very process still runs (not a zombie)
   local pid=${1%%:*} start=${1##*:} stat
@@ -52,12 +54,12 @@ now() { date +%s%N; }
 
 up_ms=(); down_ms=(); noop_ms=(); roll_ms=()
 for round in $(seq 1 "$ROUNDS"); do
-  t0=$(now); "$THESPCTL" up -f "$manifest" >/dev/null; t1=$(now)
+  t0=$(now); tc up -f "$manifest"; t1=$(now)
   up_ms+=("$(ms "$t0" "$t1")")
-  "$THESPCTL" status -f "$manifest" >/dev/null || { echo "round $round: not every replica is serving after up" >&2; exit 1; }
+  "$THESPCTL" status -f "$manifest" >/dev/null 2>>"$log" || { echo "round $round: not every replica is serving after up" >&2; exit 1; }
   n=$(replicas)
 
-  t0=$(now); "$THESPCTL" up -f "$manifest" >/dev/null; t1=$(now)
+  t0=$(now); tc up -f "$manifest"; t1=$(now)
   noop_ms+=("$(ms "$t0" "$t1")")
 
   # A rolling restart of the first thespian: change its behaviour (a comment does not count; the
@@ -69,13 +71,13 @@ p = sys.argv[1]; s = open(p).read()
 s = re.sub(r"sleep: (\d+)ms", lambda m: f"sleep: {int(m.group(1)) + 1}ms", s, count=1)
 open(p, "w").write(s)
 EOF
-  t0=$(now); "$THESPCTL" up -f "$manifest" >/dev/null; t1=$(now)
+  t0=$(now); tc up -f "$manifest"; t1=$(now)
   roll_ms+=("$(ms "$t0" "$t1")")
   cp "$work/orig.yaml" "$manifest"
-  "$THESPCTL" up -f "$manifest" >/dev/null
+  tc up -f "$manifest"
 
   before=$(pids)
-  t0=$(now); "$THESPCTL" down -f "$manifest" >/dev/null; t1=$(now)
+  t0=$(now); tc down -f "$manifest"; t1=$(now)
   down_ms+=("$(ms "$t0" "$t1")")
   for p in $before; do
     if alive "$p"; then echo "round $round: agent ${p%%:*} survived down" >&2; exit 1; fi
