@@ -169,8 +169,8 @@ pub struct UpArgs {
     #[arg(long)]
     pub continue_rollback: bool,
 
-    /// How many service stacks to deploy at once
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// How many service stacks to deploy at once (describe calls stay at ≤ 2 per stack per second)
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub parallel: u16,
 }
 

@@ -97,7 +97,15 @@ impl Agent {
                 "refused: this request has travelled {hops} hops (the limit is {MAX_HOPS}); a call cycle is likely \
                  (a CallService chain that leads back to a Thespian it came from)"
             );
-            tracing::warn!(method = method.as_str(), hops, "{message}");
+            match md
+                .get("traceparent")
+                .and_then(|v| SpanCx::parse_traceparent(v.as_bytes()))
+            {
+                Some(cx) => {
+                    tracing::warn!(trace_id = %cx.trace_id_hex(), method = method.as_str(), hops, "{message}")
+                }
+                None => tracing::warn!(method = method.as_str(), hops, "{message}"),
+            }
             return Err(Status::failed_precondition(message));
         }
         // Fast path: a `null` method with nothing to export does no work at all.

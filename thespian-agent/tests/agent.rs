@@ -687,6 +687,10 @@ async fn a_two_agent_cycle_is_stopped_by_the_hop_limit() {
         .wait_for(Duration::from_secs(5), |v| v["level"] == "WARN")
         .expect("pong warns");
     assert_eq!(refused["hops"], 17);
+    assert!(
+        refused["trace_id"].is_string(),
+        "the refusal names the trace: {refused}"
+    );
 }
 
 #[tokio::test]

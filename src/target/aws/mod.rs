@@ -1,84 +1,150 @@
 //! The AWS target: an environment stack and one ECS service stack per thespian, through change sets.
 //! AWS SDK types stay inside this module.
+//!
+//! - [`deploy`]: `up` / `plan` — change sets, stuck states, parallel service stacks, ECS rollouts.
+//! - [`down`]: deletes the fleet's stacks, found by tag.
+//! - [`status`]: stacks, services, tasks, instances, host ports.
+//! - [`events`], [`changes`], [`ecs`]: the pure logic (operation slicing and root cause, change set
+//!   summaries, rollout and circuit-breaker detection), tested on recorded AWS output.
+//! - [`cfn`], [`error`], [`config`]: the API calls, error classification and backoff, the `SdkConfig`.
 
+pub mod cfn;
+pub mod changes;
 pub mod config;
+mod deploy;
+mod down;
+pub mod ecs;
+pub mod error;
+pub mod events;
+pub mod params;
+pub mod report;
+mod status;
 pub mod templates;
 pub mod tunnel;
 
 use aws_config::SdkConfig;
-use serde::Serialize;
+
+pub use error::AwsError;
+use report::{DownReport, StatusReport, UpReport};
 
 use crate::Context;
 use crate::cli::Via;
-use crate::error::{Result, exit};
+use crate::error::Result;
 use crate::fleet::{FleetRef, Plan};
-use crate::target::{DownOptions, Resolved, Target, UpOptions};
-use crate::ui::{Report, Ui};
-
-#[derive(Debug, thiserror::Error)]
-pub enum AwsError {
-    #[error("the aws target is not implemented yet")]
-    NotImplemented,
-}
-
-impl AwsError {
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            AwsError::NotImplemented => exit::FAILED,
-        }
-    }
-}
+use crate::target::{DownOptions, Endpoint, Resolved, Target, UpOptions};
 
 /// The AWS target of one fleet.
 #[derive(Debug, Clone)]
 pub struct AwsTarget {
     pub sdk: SdkConfig,
+    pub region: String,
+    /// `--profile` / `AWS_PROFILE`, for messages.
+    pub profile: Option<String>,
+    /// CloudFormation calls go to an overridden endpoint (`--endpoint-url`, `AWS_ENDPOINT_URL[_CLOUDFORMATION]`),
+    /// i.e. an emulator such as moto rather than AWS: only then are emulator gaps tolerated.
+    pub custom_endpoint: bool,
+    cfn: aws_sdk_cloudformation::Client,
+    ecs: aws_sdk_ecs::Client,
 }
 
 impl AwsTarget {
-    /// Loads the AWS configuration for `fleet` (region from the flags, else the manifest).
+    /// Loads the AWS configuration for `fleet` (region from the flags, else the manifest, else the
+    /// profile/environment) and makes the clients. Fails when no region is configured.
     pub async fn connect(ctx: &Context, fleet: &FleetRef) -> Result<Self> {
         let region = fleet.aws.as_ref().and_then(|a| a.region.as_deref());
-        Ok(AwsTarget {
-            sdk: config::load(&ctx.global, region).await,
-        })
+        let sdk = config::load_checked(&ctx.global, region).await?;
+        Ok(AwsTarget::with_config(sdk, ctx.global.profile.clone()))
     }
-}
 
-/// Placeholder report until the AWS target lands.
-#[derive(Debug, Serialize)]
-pub struct Pending;
+    /// A target on an explicit `SdkConfig` (which must have a region).
+    pub fn with_config(sdk: SdkConfig, profile: Option<String>) -> Self {
+        let custom_endpoint = sdk.endpoint_url().is_some()
+            || std::env::var_os("AWS_ENDPOINT_URL_CLOUDFORMATION").is_some_and(|v| !v.is_empty());
+        AwsTarget {
+            region: config::region_of(&sdk).unwrap_or_default(),
+            profile,
+            custom_endpoint,
+            cfn: aws_sdk_cloudformation::Client::new(&sdk),
+            ecs: aws_sdk_ecs::Client::new(&sdk),
+            sdk,
+        }
+    }
 
-impl Report for Pending {
-    fn render(&self, _ui: &Ui) -> String {
-        String::new()
+    pub(crate) fn cfn(&self, ctx: &Context) -> cfn::Cfn {
+        cfn::Cfn {
+            client: self.cfn.clone(),
+            region: self.region.clone(),
+            profile: self.profile.clone(),
+            cancel: ctx.cancel.clone(),
+            backoff: error::Backoff::default(),
+        }
+    }
+
+    pub(crate) fn ecs(&self, ctx: &Context) -> ecs::Ecs {
+        ecs::Ecs {
+            client: self.ecs.clone(),
+            region: self.region.clone(),
+            profile: self.profile.clone(),
+            cancel: ctx.cancel.clone(),
+        }
     }
 }
 
 impl Target for AwsTarget {
-    type UpReport = Pending;
-    type StatusReport = Pending;
-    type DownReport = Pending;
+    type UpReport = UpReport;
+    type StatusReport = StatusReport;
+    type DownReport = DownReport;
 
-    async fn up(&self, _plan: &Plan, _opts: &UpOptions, _ctx: &Context) -> Result<Pending> {
-        Err(AwsError::NotImplemented.into())
+    async fn up(&self, plan: &Plan, opts: &UpOptions, ctx: &Context) -> Result<UpReport> {
+        deploy::up(self, plan, opts, ctx).await
     }
 
-    async fn status(&self, _fleet: &FleetRef, _ctx: &Context) -> Result<Pending> {
-        Err(AwsError::NotImplemented.into())
+    async fn status(&self, fleet: &FleetRef, ctx: &Context) -> Result<StatusReport> {
+        status::status(self, fleet, ctx).await
     }
 
-    async fn down(&self, _fleet: &FleetRef, _opts: &DownOptions, _ctx: &Context) -> Result<Pending> {
-        Err(AwsError::NotImplemented.into())
+    async fn down(&self, fleet: &FleetRef, opts: &DownOptions, ctx: &Context) -> Result<DownReport> {
+        down::down(self, fleet, opts, ctx).await
     }
 
-    async fn endpoints(
-        &self,
-        _fleet: &FleetRef,
-        _thespian: &str,
-        _via: Via,
-        _ctx: &Context,
-    ) -> Result<Resolved> {
-        Err(AwsError::NotImplemented.into())
+    /// `--via alb`: `https://NAME.DOMAIN` from the manifest's `aws.alb`; `--via tunnel`: a Session
+    /// Manager tunnel to a running task; `--via auto`: the ALB when the fleet has one, else a tunnel.
+    async fn endpoints(&self, fleet: &FleetRef, thespian: &str, via: Via, ctx: &Context) -> Result<Resolved> {
+        let (_, services) = down::fleet_stacks(self, &fleet.fleet, ctx).await?;
+        let known: Vec<String> = services
+            .iter()
+            .filter_map(|s| s.thespian().map(str::to_owned))
+            .collect();
+        if !known.iter().any(|k| k == thespian) {
+            return Err(AwsError::UnknownThespian {
+                name: thespian.to_string(),
+                fleet: fleet.fleet.clone(),
+                known,
+            }
+            .into());
+        }
+        let alb = fleet.aws.as_ref().and_then(|a| a.alb.as_ref());
+        let use_alb = match via {
+            Via::Direct => return Err(AwsError::ViaDirect.into()),
+            Via::Alb => true,
+            Via::Tunnel => false,
+            Via::Auto => alb.is_some(),
+        };
+        if use_alb {
+            let alb = alb.ok_or_else(|| AwsError::NoAlb {
+                fleet: fleet.fleet.clone(),
+            })?;
+            return Ok(Resolved {
+                endpoints: vec![Endpoint {
+                    uri: format!("https://{thespian}.{}", alb.domain),
+                    label: format!("{thespian} (ALB)"),
+                }],
+                guard: None,
+            });
+        }
+        Err(AwsError::TunnelUnavailable {
+            thespian: thespian.to_string(),
+        }
+        .into())
     }
 }
