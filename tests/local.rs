@@ -688,6 +688,41 @@ fn count_agents_in(dir: &Path) -> usize {
         .count()
 }
 
+/// While another `up`/`down` holds the directory's lock, `up` waits and says so; Ctrl-C ends the wait with
+/// 130 and starts nothing.
+#[test]
+fn ctrl_c_while_waiting_for_the_lock_exits_130_and_starts_nothing() {
+    let fleet = Fleet::example("gilbert-yorick");
+    std::fs::create_dir_all(fleet.state_dir()).unwrap();
+    let lock = std::fs::File::create(fleet.state_dir().join("lock")).unwrap();
+    lock.lock().unwrap();
+
+    let mut up = fleet
+        .cmd("up", &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr_lines = std::io::BufReader::new(up.stderr.take().unwrap());
+    let mut line = String::new();
+    use std::io::BufRead;
+    stderr_lines.read_line(&mut line).unwrap();
+    assert!(line.contains("waiting for another thespctl up/down"), "{line}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(up.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = support::wait_timeout(&mut up, Duration::from_secs(10)).expect("up exits on Ctrl-C");
+    assert_eq!(status.code(), Some(130));
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr_lines, &mut rest).unwrap();
+    assert!(rest.contains("interrupted"), "{rest}");
+    assert!(fleet.replicas().is_empty());
+    assert_eq!(count_agents_in(fleet.dir.path()), 0);
+    drop(lock);
+}
+
 #[test]
 fn another_fleet_in_the_same_directory_is_refused() {
     let fleet = Fleet::example("gilbert-yorick");
