@@ -135,8 +135,9 @@ pub async fn up(
     });
     let mut failures: Vec<ReplicaFailure> = join_all(planned).await.into_iter().flatten().collect();
 
-    // Removed thespians last: every caller of theirs has been replaced by now.
-    if !ctx.cancel.is_cancelled() {
+    // Removed thespians last: every caller of theirs has been replaced by now — unless a replacement
+    // failed, in which case an old caller may still call them, and they stay until the next `up`.
+    if !ctx.cancel.is_cancelled() && failures.is_empty() {
         for d in diffs.iter().filter(|d| d.change == Change::Stopped) {
             failures.extend(run.thespian(d, Vec::new()).await);
         }
