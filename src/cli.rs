@@ -368,6 +368,10 @@ pub struct TunnelArgs {
     /// Hand the data channel to an installed session-manager-plugin instead of the native client
     #[arg(long)]
     pub plugin: bool,
+
+    /// ECS cluster of NAME [default: the fleet name from the manifest, as `thespctl up` names it]
+    #[arg(long, conflicts_with = "instance")]
+    pub cluster: Option<String>,
 }
 
 #[derive(Debug, Args)]

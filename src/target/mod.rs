@@ -41,11 +41,27 @@ pub struct Endpoint {
     pub label: String,
 }
 
+/// Something that must stay alive while endpoints are used (a tunnel), and be shut down cleanly after.
+pub trait EndpointGuard: Send {
+    /// Ends it cleanly (a tunnel terminates its session). Dropping without closing is a best-effort
+    /// close that may not finish before the process exits.
+    fn close(self: Box<Self>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+}
+
 /// The endpoints of a thespian, and whatever must stay alive while they are used (a tunnel).
 pub struct Resolved {
     pub endpoints: Vec<Endpoint>,
-    /// Dropped when the caller is done: closes tunnels.
-    pub guard: Option<Box<dyn Send>>,
+    /// Kept until the caller is done, then closed with [`Resolved::close`].
+    pub guard: Option<Box<dyn EndpointGuard>>,
+}
+
+impl Resolved {
+    /// Closes the guard, if any (call when done with the endpoints).
+    pub async fn close(self) {
+        if let Some(guard) = self.guard {
+            guard.close().await;
+        }
+    }
 }
 
 impl std::fmt::Debug for Resolved {

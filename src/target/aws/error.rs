@@ -191,12 +191,6 @@ pub enum AwsError {
     ViaDirect,
 
     #[error(
-        "a Session Manager tunnel to `{thespian}` is not available in this build yet: use --via alb (needs \
-         `aws.alb` in the manifest)"
-    )]
-    TunnelUnavailable { thespian: String },
-
-    #[error(
         "the template {name} is {bytes} bytes, more than the {limit} bytes CloudFormation accepts inline"
     )]
     TemplateTooLarge {
@@ -322,8 +316,7 @@ impl AwsError {
             | StackName { .. }
             | Parameter(_)
             | TemplateTooLarge { .. } => exit::USAGE,
-            TunnelUnavailable { .. }
-            | Api { .. }
+            Api { .. }
             | Throttled { .. }
             | ChangeSetFailed { .. }
             | Failed { .. }

@@ -142,9 +142,40 @@ impl Target for AwsTarget {
                 guard: None,
             });
         }
-        Err(AwsError::TunnelUnavailable {
-            thespian: thespian.to_string(),
-        }
-        .into())
+        // A Session Manager tunnel to one running task of the service (ECS cluster = fleet name, service =
+        // thespian name, as the templates define them), on a free loopback port, for this run only.
+        let bind = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let tunnel = tunnel::open_to_service(
+            &self.sdk,
+            &fleet.fleet,
+            thespian,
+            None,
+            bind,
+            ctx.cancel.child_token(),
+        )
+        .await?;
+        let d = tunnel.description();
+        let label = format!(
+            "{thespian} via tunnel (task {}, {}:{})",
+            d.task_id.as_deref().unwrap_or("?"),
+            d.instance_id,
+            d.remote_port
+        );
+        Ok(Resolved {
+            endpoints: vec![Endpoint {
+                uri: format!("http://{}", tunnel.local_addr()),
+                label,
+            }],
+            guard: Some(Box::new(tunnel)),
+        })
+    }
+}
+
+impl crate::target::EndpointGuard for tunnel::Tunnel {
+    fn close(self: Box<Self>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            // How it ended (flag acknowledged, API backstop) matters to `tunnel`, not to a probe.
+            let _ = (*self).close().await;
+        })
     }
 }
