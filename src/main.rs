@@ -31,12 +31,18 @@ fn main() -> ExitCode {
     };
 
     let code = runtime.block_on(async {
+        // Registered here, before the command runs: `tokio::signal::ctrl_c()` registers only when first
+        // polled, and a Ctrl-C that beat the spawned task to it would kill the process without a word.
+        let interrupts = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
         let cancel = ctx.cancel.clone();
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
+            let Ok(mut interrupts) = interrupts else {
+                return;
+            };
+            if interrupts.recv().await.is_some() {
                 cancel.cancel();
                 // A second Ctrl-C means "now": leave without waiting for anything.
-                if tokio::signal::ctrl_c().await.is_ok() {
+                if interrupts.recv().await.is_some() {
                     std::process::exit(i32::from(exit::INTERRUPTED));
                 }
             }

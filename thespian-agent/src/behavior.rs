@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use opentelemetry::KeyValue;
@@ -19,7 +19,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::config::{self, Action, Config, GrpcMethod, Operation};
 use crate::proto::Nothing;
 use crate::proto::thespian_client::ThespianClient;
-use crate::resolve::ResolveMap;
+use crate::resolve::{ResolveMap, Resolver};
 use crate::telemetry::{Span, SpanCx, Tracer};
 
 /// Requests that arrive having travelled more hops than this are refused (`FAILED_PRECONDITION`).
@@ -108,12 +108,17 @@ struct Call {
     failure_chance: f64,
 }
 
-/// Where a `service_address`/`service_port` pair goes: its own address, or the endpoints
-/// `THESPIAN_RESOLVE` maps it to (used round-robin).
+/// Where a `service_address`/`service_port` pair goes: its own address, or the endpoints the resolver
+/// maps it to (used round-robin). With a `THESPIAN_RESOLVE_FILE` the endpoints follow the file: they are
+/// rebuilt when it changes, keeping the channels of endpoints that stay.
 pub struct Target {
     /// `http://gilbert:80`, for messages.
     label: String,
-    endpoints: Vec<TargetEndpoint>,
+    host: String,
+    port: u16,
+    resolver: Resolver,
+    /// The endpoints, and the resolver generation they were built from.
+    endpoints: RwLock<(u64, Arc<[Arc<TargetEndpoint>]>)>,
     next: AtomicUsize,
 }
 
@@ -124,14 +129,83 @@ struct TargetEndpoint {
 }
 
 impl Target {
-    fn pick(&self) -> &TargetEndpoint {
-        let i = if self.endpoints.len() == 1 {
+    /// The endpoints in effect, re-resolved first if the resolver has changed.
+    fn current(&self) -> Arc<[Arc<TargetEndpoint>]> {
+        self.resolver.refresh(false);
+        let generation = self.resolver.generation();
+        {
+            let cached = self.endpoints.read().unwrap_or_else(PoisonError::into_inner);
+            if cached.0 == generation {
+                return cached.1.clone();
+            }
+        }
+        let mut cached = self.endpoints.write().unwrap_or_else(PoisonError::into_inner);
+        if cached.0 != generation {
+            let map = self.resolver.map();
+            let rebuilt = endpoints_for(&self.host, self.port, &map, &cached.1).unwrap_or_else(|e| {
+                tracing::warn!("{}: {}; keeping the previous endpoints", self.label, e.message);
+                cached.1.to_vec()
+            });
+            *cached = (generation, rebuilt.into());
+        }
+        cached.1.clone()
+    }
+
+    fn pick(&self) -> Arc<TargetEndpoint> {
+        let endpoints = self.current();
+        let i = if endpoints.len() == 1 {
             0
         } else {
             self.next.fetch_add(1, Ordering::Relaxed)
         };
-        &self.endpoints[i % self.endpoints.len()]
+        endpoints[i % endpoints.len()].clone()
     }
+
+    /// Whether a send that never reached its endpoint is tried again elsewhere. Only when the endpoints
+    /// follow a file: its writer (`thespctl up`) swaps replicas under traffic and promises the file lists
+    /// live ones; a fixed `THESPIAN_RESOLVE` keeps its documented behaviour (a dead endpoint fails).
+    fn retries_unsent(&self) -> bool {
+        matches!(self.resolver, Resolver::File(_))
+    }
+
+    /// After a call that never reached its endpoint: re-read the resolver now, so the next pick sees a
+    /// replica that was swapped out already gone.
+    fn refresh_now(&self) {
+        self.resolver.refresh(true);
+    }
+}
+
+/// The endpoints `host`:`port` resolves to in `map` (or its own address), reusing the entries of
+/// `previous` that stay, so their connections carry on.
+fn endpoints_for(
+    host: &str,
+    port: u16,
+    map: &ResolveMap,
+    previous: &[Arc<TargetEndpoint>],
+) -> Result<Vec<Arc<TargetEndpoint>>, BuildError> {
+    let own = [format!("{host}:{port}")];
+    let authorities = map.lookup(host, port).unwrap_or(&own);
+    let mut endpoints = Vec::with_capacity(authorities.len());
+    for authority in authorities {
+        if let Some(kept) = previous.iter().find(|e| e.authority == *authority) {
+            endpoints.push(kept.clone());
+            continue;
+        }
+        let uri = format!("http://{authority}");
+        let endpoint = Endpoint::from_shared(uri.clone())
+            .map_err(|e| BuildError {
+                name: format!("{host}:{port}"),
+                uri,
+                message: e.to_string(),
+            })?
+            .tcp_nodelay(true);
+        endpoints.push(Arc::new(TargetEndpoint {
+            authority: authority.clone(),
+            endpoint,
+            channel: OnceLock::new(),
+        }));
+    }
+    Ok(endpoints)
 }
 
 impl TargetEndpoint {
@@ -141,18 +215,45 @@ impl TargetEndpoint {
     }
 }
 
+/// True when `status` proves the request never reached the callee's application, so sending it again
+/// elsewhere cannot run it twice: the connection was refused, the request was cancelled before it was
+/// written, or HTTP/2 refused the stream (REFUSED_STREAM, or a GOAWAY that left it unprocessed). This is
+/// gRPC's own "transparent retry" rule: a replica that is draining or gone is not a failure of the call.
+fn never_reached(status: &tonic::Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        if let Some(h2) = e.downcast_ref::<h2::Error>()
+            && (h2.reason() == Some(h2::Reason::REFUSED_STREAM) || (h2.is_go_away() && h2.is_remote()))
+        {
+            return true;
+        }
+        if let Some(hyper) = e.downcast_ref::<hyper::Error>()
+            && hyper.is_canceled()
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// Names live as long as the process (the config never changes), so they are leaked once at start-up
 /// and span names are borrowed, never copied, per request.
 fn leak(name: &str) -> &'static str {
     Box::leak(name.to_owned().into_boxed_str())
 }
 
-struct Compiler<'a> {
-    resolve: &'a ResolveMap,
+struct Compiler {
+    resolver: Resolver,
     targets: Vec<((String, u16), Arc<Target>)>,
 }
 
-impl Compiler<'_> {
+impl Compiler {
     fn function(&mut self, f: &config::Function) -> Result<Func, BuildError> {
         let mut ops = Vec::with_capacity(f.operations.len());
         for op in &f.operations {
@@ -194,27 +295,17 @@ impl Compiler<'_> {
         if let Some((_, t)) = self.targets.iter().find(|(k, _)| *k == key) {
             return Ok(t.clone());
         }
-        let own = [format!("{}:{}", c.host(), c.service_port)];
-        let authorities = self.resolve.lookup(c.host(), c.service_port).unwrap_or(&own);
-        let mut endpoints = Vec::with_capacity(authorities.len());
-        for authority in authorities {
-            let uri = format!("http://{authority}");
-            let endpoint = Endpoint::from_shared(uri.clone())
-                .map_err(|e| BuildError {
-                    name: c.display_name().into_owned(),
-                    uri,
-                    message: e.to_string(),
-                })?
-                .tcp_nodelay(true);
-            endpoints.push(TargetEndpoint {
-                authority: authority.clone(),
-                endpoint,
-                channel: OnceLock::new(),
-            });
-        }
+        let endpoints =
+            endpoints_for(c.host(), c.service_port, &self.resolver.map(), &[]).map_err(|e| BuildError {
+                name: c.display_name().into_owned(),
+                ..e
+            })?;
         let target = Arc::new(Target {
             label: format!("http://{}:{}", c.host(), c.service_port),
-            endpoints,
+            host: c.host().to_owned(),
+            port: c.service_port,
+            endpoints: RwLock::new((self.resolver.generation(), endpoints.into())),
+            resolver: self.resolver.clone(),
             next: AtomicUsize::new(0),
         });
         self.targets.push((key, target.clone()));
@@ -226,8 +317,17 @@ type StepFuture<'a> = Pin<Box<dyn Future<Output = Result<(), Failure>> + Send + 
 
 impl Behavior {
     pub fn new(config: &Config, resolve: &ResolveMap, tracer: Tracer) -> Result<Behavior, BuildError> {
+        Self::with_resolver(config, Resolver::Fixed(Arc::new(resolve.clone())), tracer)
+    }
+
+    /// Like [`Behavior::new`], with calls resolved through `resolver` (a file that can change at run time).
+    pub fn with_resolver(
+        config: &Config,
+        resolver: Resolver,
+        tracer: Tracer,
+    ) -> Result<Behavior, BuildError> {
         let mut compiler = Compiler {
-            resolve,
+            resolver,
             targets: Vec::new(),
         };
         let mut methods = [None, None, None];
@@ -357,6 +457,9 @@ impl Behavior {
         };
         let hops = MetadataValue::from(incoming.hops + 1);
         let mut attempt = 0;
+        // Sends that never reached a callee (see `never_reached`): retried at once on the next endpoint,
+        // outside `retries`, at most once per endpoint plus one.
+        let mut unsent = 0;
         loop {
             let endpoint = call.target.pick();
             let remaining = incoming
@@ -385,6 +488,19 @@ impl Behavior {
             // The channel enforces the `grpc-timeout` it sends (and answers CANCELLED when it expires);
             // this outer timeout also covers waiting for a connection, and whichever fires first wins.
             let outcome = tokio::time::timeout(limit, send(&mut client, call.method, request)).await;
+            // A send that never reached the callee (a replica swapped out under us): the next endpoint at
+            // once, after re-reading the resolve file. Checked first: hyper's "cancelled before it was
+            // sent" is also a CANCELLED without service metadata, and is not a timeout.
+            if let Ok(Err(status)) = &outcome
+                && call.target.retries_unsent()
+                && unsent <= call.target.current().len()
+                && never_reached(status)
+            {
+                tracing::debug!(trace_id = %span.cx().trace_id_hex(), span = name, endpoint = %endpoint.authority, "not sent ({}); trying the next endpoint", status.message());
+                unsent += 1;
+                call.target.refresh_now();
+                continue;
+            }
             // A CANCELLED that no Thespian answered (no service metadata) is the channel's own timeout:
             // nothing else cancels our calls (a cancelled incoming request drops this future instead).
             let outcome = match outcome {
@@ -542,7 +658,7 @@ mod tests {
             panic!("calls")
         };
         assert!(Arc::ptr_eq(&one.target, &two.target));
-        let picks: Vec<&str> = (0..4).map(|_| one.target.pick().authority.as_str()).collect();
+        let picks: Vec<String> = (0..4).map(|_| one.target.pick().authority.clone()).collect();
         assert_eq!(
             picks,
             ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:1", "127.0.0.1:2"]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{Config, ConfigError};
-use crate::resolve::{ResolveError, ResolveMap};
+use crate::resolve::{ResolveError, ResolveFile, ResolveFileError, ResolveMap, Resolver};
 use crate::telemetry::Export;
 
 pub const DEFAULT_PORT: u16 = 6379;
@@ -17,7 +17,8 @@ pub struct Settings {
     pub bind: SocketAddr,
     pub service: String,
     pub config: Config,
-    pub resolve: ResolveMap,
+    /// `THESPIAN_RESOLVE` (fixed), or `THESPIAN_RESOLVE_FILE` (re-read when it changes).
+    pub resolve: Resolver,
     pub shutdown_grace: Duration,
     pub export: Export,
     pub ecs_metadata_uri: Option<String>,
@@ -57,6 +58,10 @@ pub enum SettingsError {
     ConfigFile { path: PathBuf, error: ConfigError },
     #[error("THESPIAN_RESOLVE: {0} (format: NAME:PORT=HOST:PORT[,HOST:PORT...][;...])")]
     Resolve(ResolveError),
+    #[error("THESPIAN_RESOLVE_FILE {0} (format: NAME:PORT=HOST:PORT[,HOST:PORT...][;...])")]
+    ResolveFile(ResolveFileError),
+    #[error("both THESPIAN_RESOLVE and THESPIAN_RESOLVE_FILE are set: unset one of them")]
+    BothResolves,
     #[error("SHUTDOWN_GRACE_MS: \"{0}\" is not a number of milliseconds")]
     ShutdownGrace(String),
     #[error("THESPIAN_WORKER_THREADS: \"{0}\" is not a number of threads (1 or more)")]
@@ -109,9 +114,18 @@ impl Settings {
             }
         };
 
-        let resolve = match get("THESPIAN_RESOLVE")? {
-            None => ResolveMap::default(),
-            Some(r) => ResolveMap::parse(&r).map_err(SettingsError::Resolve)?,
+        let resolve = match (
+            get("THESPIAN_RESOLVE")?.filter(|s| !s.trim().is_empty()),
+            get("THESPIAN_RESOLVE_FILE")?.filter(|s| !s.trim().is_empty()),
+        ) {
+            (Some(_), Some(_)) => return Err(SettingsError::BothResolves),
+            (None, None) => Resolver::default(),
+            (Some(r), None) => Resolver::Fixed(ResolveMap::parse(&r).map_err(SettingsError::Resolve)?.into()),
+            (None, Some(path)) => Resolver::File(
+                ResolveFile::open(PathBuf::from(path))
+                    .map_err(SettingsError::ResolveFile)?
+                    .into(),
+            ),
         };
         let shutdown_grace = match get("SHUTDOWN_GRACE_MS")? {
             None => DEFAULT_SHUTDOWN_GRACE,
@@ -182,6 +196,40 @@ mod tests {
                 .expect_err("no config")
                 .to_string()
                 .starts_with("neither")
+        );
+    }
+
+    #[test]
+    fn a_resolve_file_is_an_alternative_to_the_variable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("resolve");
+        let path_str = path.to_str().expect("utf-8 path");
+        let base = [("SERVICE_NAME", "g"), ("CONFIG_JSON", "{}")];
+        let with = |extra: &[(&str, &str)]| {
+            let mut v: Vec<(&str, &str)> = base.to_vec();
+            v.extend_from_slice(extra);
+            settings(&v)
+        };
+        // Missing is fine (an empty map until it is written); present, it must parse.
+        let s = with(&[("THESPIAN_RESOLVE_FILE", path_str)]).expect("missing file");
+        assert!(matches!(s.resolve, Resolver::File(_)));
+        std::fs::write(&path, "gilbert:80=nowhere").expect("write");
+        let err = with(&[("THESPIAN_RESOLVE_FILE", path_str)])
+            .expect_err("bad file")
+            .to_string();
+        assert!(
+            err.starts_with("THESPIAN_RESOLVE_FILE ") && err.contains("has no :PORT"),
+            "{err}"
+        );
+        let err = with(&[
+            ("THESPIAN_RESOLVE_FILE", path_str),
+            ("THESPIAN_RESOLVE", "a:80=b:1"),
+        ])
+        .expect_err("both")
+        .to_string();
+        assert!(
+            err.starts_with("both THESPIAN_RESOLVE and THESPIAN_RESOLVE_FILE"),
+            "{err}"
         );
     }
 }

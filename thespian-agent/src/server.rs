@@ -222,7 +222,7 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
     let tracer = Tracer::new(&settings.export, &settings.service)?;
     let (instance, instance_warning) =
         crate::instance::instance_id(settings.ecs_metadata_uri.as_deref()).await;
-    let behavior = Behavior::new(&settings.config, &settings.resolve, tracer.clone())?;
+    let behavior = Behavior::with_resolver(&settings.config, settings.resolve.clone(), tracer.clone())?;
 
     let listener = tokio::net::TcpListener::bind(settings.bind)
         .await
