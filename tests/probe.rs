@@ -480,3 +480,200 @@ fn ctrl_c_stops_a_load_run_prints_partial_results_and_exits_130() {
     let stderr: Vec<String> = stderr.iter().collect();
     assert!(stderr.iter().any(|l| l == "error: interrupted"), "{stderr:?}");
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Probing by name through the local target.
+
+/// A copy of `examples/gilbert-yorick` in a temporary directory. Dropping it runs `down`, then kills any
+/// agent of its state that is somehow still running (checked by pid and start time).
+struct LocalFleet {
+    dir: tempfile::TempDir,
+    manifest: std::path::PathBuf,
+}
+
+impl LocalFleet {
+    fn new() -> LocalFleet {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/gilbert-yorick");
+        let dir = support::tempdir();
+        for entry in std::fs::read_dir(&src).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+        let manifest = dir.path().join("thespian.yaml");
+        LocalFleet { dir, manifest }
+    }
+
+    /// `thespctl SUBCOMMAND --file MANIFEST ARGS…`; agents started by `up` log every request they answer.
+    fn cmd(&self, subcommand: &str, args: &[&str]) -> std::process::Command {
+        let mut cmd = thespctl();
+        cmd.arg(subcommand)
+            .arg("--file")
+            .arg(&self.manifest)
+            .args(args)
+            .env("RUST_LOG", "info,thespian_agent=debug")
+            .current_dir(self.dir.path());
+        cmd
+    }
+
+    fn up(&self) {
+        let out = self.cmd("up", &[]).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "up failed: {}", text(&out.stderr));
+    }
+
+    fn probe_json(&self, args: &[&str]) -> (i32, Value) {
+        let out = self.cmd("probe", args).args(["-o", "json"]).output().unwrap();
+        let doc = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("no JSON ({e}): {}\n{}", text(&out.stdout), text(&out.stderr)));
+        (out.status.code().unwrap(), doc)
+    }
+
+    /// (thespian, pid, start time) of every replica in the state file.
+    fn replicas(&self) -> Vec<(String, i32, u64)> {
+        let Ok(text) = std::fs::read_to_string(self.dir.path().join(".thespctl/state.json")) else {
+            return Vec::new();
+        };
+        let state: Value = serde_json::from_str(&text).unwrap();
+        let mut out = Vec::new();
+        for (name, t) in state["thespians"].as_object().unwrap() {
+            for r in t["replicas"].as_array().unwrap() {
+                out.push((
+                    name.clone(),
+                    r["pid"].as_i64().unwrap() as i32,
+                    r["start_time"].as_u64().unwrap(),
+                ));
+            }
+        }
+        out
+    }
+
+    fn pids(&self, thespian: &str) -> Vec<i32> {
+        self.replicas()
+            .into_iter()
+            .filter(|r| r.0 == thespian)
+            .map(|r| r.1)
+            .collect()
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(".thespctl/logs").join(name)).unwrap_or_default()
+    }
+}
+
+/// The start time (field 22 of /proc/PID/stat) of a live process.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+impl Drop for LocalFleet {
+    fn drop(&mut self) {
+        let agents = self.replicas();
+        let _ = self.cmd("down", &["--grace", "2s"]).output();
+        for (_, pid, started) in agents {
+            if start_time(pid) == Some(started) {
+                eprintln!("test harness: killing leftover agent {pid}");
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_name_resolves_through_the_local_fleet_and_spreads_over_its_replicas() {
+    let fleet = LocalFleet::new();
+
+    // Nothing running yet: a resolution error, exit 2, saying what to do.
+    let out = fleet.cmd("probe", &["gilbert"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("nothing is running") && stderr.contains("thespctl up"),
+        "{stderr}"
+    );
+
+    fleet.up();
+    let (code, doc) = fleet.probe_json(&["gilbert", "--rate", "400", "-n", "400"]);
+    assert_eq!(code, 0, "{doc}");
+    check_consistent(&doc);
+    assert_eq!(doc["target"], "gilbert");
+    assert_eq!(doc["endpoints"].as_array().unwrap().len(), 2);
+    assert_eq!(doc["connections"], 4, "2 per replica");
+    let instances = doc["instances"].as_object().unwrap();
+    assert_eq!(instances.len(), 2, "both gilbert replicas answered: {doc}");
+    assert!(instances.values().all(|n| n == 200), "an even split: {doc}");
+
+    // yorick calls gilbert: one request, answered by yorick.
+    let (code, doc) = fleet.probe_json(&["yorick"]);
+    assert_eq!(code, 0, "{doc}");
+    assert_eq!(doc["code"], "OK");
+    let yorick = fleet.pids("yorick");
+    assert_eq!(yorick.len(), 1);
+    let instance = doc["instance"].as_str().unwrap();
+    assert!(instance.ends_with(&format!(":{}", yorick[0])), "{doc}");
+
+    // An unknown name lists the known ones.
+    let out = fleet.cmd("probe", &["gilbret"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("unknown thespian `gilbret`"), "{stderr}");
+    assert!(stderr.contains("gilbert, yorick"), "{stderr}");
+}
+
+#[test]
+fn replacing_replicas_during_an_open_loop_run_fails_no_request() {
+    let fleet = LocalFleet::new();
+    fleet.up();
+    let before = fleet.pids("gilbert");
+
+    // 200 requests/s for 4 s straight at gilbert, while `up` replaces both gilbert replicas (new ports:
+    // the probe must find them through the target, and re-send what could not reach the old ones).
+    let probe = fleet
+        .cmd(
+            "probe",
+            &["gilbert", "--rate", "200", "--duration", "4s", "-o", "json"],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let probe = Running(Some(probe));
+    // Readiness: a request has reached gilbert (each agent logs the requests it answers).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !fleet.log("gilbert-0.log").contains("answered") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no request reached gilbert within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text_before = std::fs::read_to_string(&fleet.manifest).unwrap();
+    std::fs::write(
+        &fleet.manifest,
+        text_before.replacen("- sleep: 10ms", "- sleep: 11ms", 1),
+    )
+    .unwrap();
+    fleet.up();
+    let after = fleet.pids("gilbert");
+    assert!(
+        after.iter().all(|p| !before.contains(p)),
+        "up replaced both gilbert replicas"
+    );
+
+    let out = probe.finish();
+    let doc: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON ({e}): {}", text(&out.stderr)));
+    assert_eq!(out.status.code(), Some(0), "{doc}");
+    check_consistent(&doc);
+    assert_eq!(
+        doc["requests"], 800,
+        "every scheduled request accounted for: {doc}"
+    );
+    assert_eq!(doc["errors"], serde_json::json!({}), "no request failed: {doc}");
+    // Old and new replicas both answered.
+    assert_eq!(doc["instances"].as_object().unwrap().len(), 4, "{doc}");
+    eprintln!(
+        "attempts re-sent after a connection could not be made: {}",
+        doc["retried"]
+    );
+}
