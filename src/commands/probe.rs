@@ -202,6 +202,9 @@ async fn probe(args: &ProbeArgs, options: Options, resolution: Resolution, ctx: 
     let interrupted = || Error::Interrupted {
         still_running: vec![],
     };
+    if resolution.endpoints.is_empty() {
+        return Err(ProbeError::NoEndpoints.into());
+    }
     let mut info = RunInfo {
         target: resolution.target,
         method: args.method,

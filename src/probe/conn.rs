@@ -235,14 +235,6 @@ impl Pool {
         })
     }
 
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
-
     fn current(&self, slot: usize) -> std::sync::RwLockReadGuard<'_, Current> {
         self.slots[slot % self.slots.len()]
             .current

@@ -325,7 +325,7 @@ pub struct LoadTarget {
     pub timeout: Duration,
 }
 
-/// The open-loop budget of requests shared by the closed-loop workers (`-n`).
+/// The `-n` budget the closed-loop workers of every engine thread claim requests from.
 struct Budget {
     limit: Option<u64>,
     claimed: AtomicU64,
@@ -353,7 +353,6 @@ struct Partial {
 
 /// A load run whose connections are all established, waiting for [`Prepared::run`].
 pub struct Prepared {
-    plan: LoadPlan,
     workers: usize,
     threads: usize,
     progress: Arc<Progress>,
@@ -433,7 +432,6 @@ pub async fn prepare(
         }
     }
     Ok(Prepared {
-        plan,
         workers,
         threads,
         progress,
@@ -483,7 +481,6 @@ impl Prepared {
             last_end = last_end.max(partial.last_end);
             interrupted |= partial.interrupted;
         }
-        let _ = self.plan;
         Ok(RunResult {
             recorder,
             elapsed: if interrupted { t0.elapsed() } else { last_end - t0 },
