@@ -298,7 +298,8 @@ pub struct ProbeArgs {
     #[arg(long, short = 'm', value_enum, ignore_case = true, default_value_t = Method::A)]
     pub method: Method,
 
-    /// Per-request deadline (sent to the server as grpc-timeout)
+    /// Per-request deadline (sent to the server as grpc-timeout and enforced by the probe too); also the
+    /// connect timeout
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub timeout: Duration,
 
