@@ -258,10 +258,14 @@ pub struct GraphArgs {
     pub format: GraphFormat,
 }
 
+/// A method of `thespian.Thespian`, spelt as in the proto (`A`); `--method a` is accepted too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
 pub enum Method {
+    #[value(name = "A")]
     A,
+    #[value(name = "B")]
     B,
+    #[value(name = "C")]
     C,
 }
 
@@ -291,10 +295,11 @@ pub struct ProbeArgs {
     pub address: Vec<String>,
 
     /// Method to call
-    #[arg(long, short = 'm', value_enum, default_value_t = Method::A)]
+    #[arg(long, short = 'm', value_enum, ignore_case = true, default_value_t = Method::A)]
     pub method: Method,
 
-    /// Per-request deadline (sent to the server as grpc-timeout)
+    /// Per-request deadline (sent to the server as grpc-timeout and enforced by the probe too); also the
+    /// connect timeout
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub timeout: Duration,
 
@@ -318,6 +323,16 @@ pub struct ProbeArgs {
     /// HTTP/2 connections to open, spread across the resolved replicas [default: 2 per replica, at least 4]
     #[arg(long)]
     pub connections: Option<u32>,
+
+    /// Load mode: client threads, each driving its share of the connections (like h2load -t)
+    #[arg(long, default_value_t = 1)]
+    pub threads: u32,
+
+    /// Open loop: at most this many requests outstanding. A request due while the cap is reached starts
+    /// as soon as one finishes (its latency still counts from its due time); one whose deadline passes
+    /// while it waits counts as DEADLINE_EXCEEDED. Nothing scheduled is dropped [default: 10000]
+    #[arg(long, requires = "rate")]
+    pub max_in_flight: Option<u32>,
 
     /// Gate: fail (exit 1) when more than this fraction of requests fail (0 = any error fails)
     #[arg(long, default_value_t = 0.0)]
