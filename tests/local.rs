@@ -8,7 +8,7 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -302,17 +302,24 @@ fn up_probe_change_and_down_leaves_nothing() {
         serde_json::json!(["gilbert"])
     );
 
-    // yorick answers (and is the one answering), and its calls spread over both gilbert replicas.
-    let rt = runtime();
-    let yorick = fleet.addr("yorick", 0);
-    rt.block_on(async {
-        let mut c = client(&yorick).await;
-        for _ in 0..40 {
-            let (service, instance) = call_a(&mut c).await.expect("yorick.A answers OK");
-            assert_eq!(service, "yorick");
-            assert!(!instance.is_empty());
-        }
-    });
+    // `probe yorick`: OK, and answered by yorick's process (the instance id ends in its pid).
+    let (code, single) = fleet.json("probe", &["yorick"]);
+    assert_eq!(code, 0, "{single}");
+    assert_eq!(single["ok"], 1, "{single}");
+    let instance = single["instance"].as_str().expect("instance").to_string();
+    assert!(
+        instance.ends_with(&format!(":{}", fleet.pids("yorick")[0])),
+        "probe yorick was answered by {instance}, not yorick's process"
+    );
+
+    // yorick's calls spread over both gilbert replicas (each replica logs the requests it answers).
+    let (code, load) = fleet.json("probe", &["yorick", "-n", "40", "-c", "4"]);
+    assert_eq!(code, 0, "{load}");
+    assert_eq!(
+        (load["requests"].as_u64(), load["ok"].as_u64()),
+        (Some(40), Some(40)),
+        "{load}"
+    );
     let spread = (answered(&fleet, "gilbert", 0), answered(&fleet, "gilbert", 1));
     assert!(
         spread.0 >= 5 && spread.1 >= 5,
@@ -320,9 +327,30 @@ fn up_probe_change_and_down_leaves_nothing() {
     );
     assert_eq!(
         spread.0 + spread.1,
-        40,
-        "every yorick call reached exactly one gilbert: {spread:?}"
+        41,
+        "every yorick call (40 + the single shot) reached exactly one gilbert: {spread:?}"
     );
+    // And a probe of gilbert itself is answered by both of its processes.
+    let (code, direct) = fleet.json("probe", &["gilbert", "-n", "20"]);
+    assert_eq!(code, 0, "{direct}");
+    let instances: BTreeSet<String> = direct["instances"]
+        .as_object()
+        .expect("instances")
+        .keys()
+        .cloned()
+        .collect();
+    let expected: BTreeSet<String> = fleet
+        .pids("gilbert")
+        .iter()
+        .map(|pid| {
+            let any = instances
+                .iter()
+                .next()
+                .map_or("", |i| i.rsplit_once(':').map_or("", |(h, _)| h));
+            format!("{any}:{pid}")
+        })
+        .collect();
+    assert_eq!(instances, expected, "gilbert's two replicas both answer");
 
     // A second `up` with nothing changed restarts nothing.
     let before = fleet.replicas();
@@ -351,12 +379,9 @@ fn up_probe_change_and_down_leaves_nothing() {
         );
     }
     // The restarted gilbert is reached through yorick (callers learnt the new addresses).
-    rt.block_on(async {
-        let mut c = client(&yorick).await;
-        for _ in 0..10 {
-            call_a(&mut c).await.expect("yorick.A after gilbert's restart");
-        }
-    });
+    let (code, after_restart) = fleet.json("probe", &["yorick", "-n", "10"]);
+    assert_eq!(code, 0, "{after_restart}");
+    assert_eq!(after_restart["ok"], 10, "{after_restart}");
 
     // down: every process gone, checked by pid.
     let (code, down) = fleet.json("down", &[]);
@@ -387,59 +412,44 @@ fn up_probe_change_and_down_leaves_nothing() {
     assert_eq!((code, &status["running"]), (1, &Value::Bool(false)));
 }
 
-/// One request of the load: sent, answered, and how.
-type Outcome = (Instant, Instant, Result<(), String>);
-
+/// `probe --rate` against yorick while `up` replaces both gilbert replicas: zero failed requests.
 #[test]
-fn a_rolling_restart_under_load_fails_no_request() {
+fn a_rolling_restart_under_probe_load_fails_no_request() {
     let fleet = Fleet::example("gilbert-yorick");
     fleet.up();
     let before = fleet.replicas();
-    let yorick = fleet.addr("yorick", 0);
     fleet.edit("- sleep: 10ms", "- sleep: 11ms");
 
-    // Open-loop load on yorick (every call goes through to gilbert), 500 requests/s, while `up` replaces
-    // both gilbert replicas. The load starts before `up` and ends well after it.
-    let rt = runtime();
-    let results: Arc<Mutex<Vec<Outcome>>> = Arc::default();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let first_ok = Arc::new(tokio::sync::Notify::new());
-    let load = rt.spawn({
-        let (results, stop, first_ok) = (results.clone(), stop.clone(), first_ok.clone());
-        async move {
-            let c = client(&yorick).await;
-            let mut tick = tokio::time::interval(Duration::from_millis(2));
-            let mut inflight = tokio::task::JoinSet::new();
-            while !stop.is_cancelled() {
-                tick.tick().await;
-                let (mut c, results, first_ok) = (c.clone(), results.clone(), first_ok.clone());
-                inflight.spawn(async move {
-                    let sent = Instant::now();
-                    let r = call_a(&mut c)
-                        .await
-                        .map(|_| ())
-                        .map_err(|s| format!("{:?}: {}", s.code(), s.message()));
-                    if r.is_ok() {
-                        first_ok.notify_one();
-                    }
-                    results.lock().unwrap().push((sent, Instant::now(), r));
-                });
-            }
-            while inflight.join_next().await.is_some() {}
-        }
-    });
-    rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(20), first_ok.notified())
-            .await
-            .expect("no request through yorick succeeded within 20 s")
-    });
-    let up_began = Instant::now();
+    // Open loop, 200 requests/s for 4 s, through yorick (every request calls gilbert).
+    let probe = fleet
+        .cmd(
+            "probe",
+            &["yorick", "--rate", "200", "--duration", "4s", "-o", "json"],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start probe");
+    let mut probe = KillOnDrop(Some(probe));
+    // Readiness: the probe's requests are reaching yorick (it logs each one it answers).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while answered(&fleet, "yorick", 0) < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "the probe's requests never reached yorick"
+        );
+        assert!(probe.running(), "probe ended early");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let report = fleet.up();
-    let up_ended = Instant::now();
-    // Keep the load on for a while after the swap, then stop and wait for the last answers.
-    rt.block_on(async { tokio::time::sleep(Duration::from_millis(500)).await });
-    stop.cancel();
-    rt.block_on(load).expect("load task");
+    assert!(
+        probe.running(),
+        "the probe ended before `up` did: the load did not cover the restart"
+    );
+    let out = probe.output();
+    let result: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("probe printed no JSON ({e}): {}", stderr(&out)));
+    assert_eq!(out.status.code(), Some(0), "{result}");
 
     assert_eq!(statuses(&report)["gilbert"], "restarted");
     let after = fleet.replicas();
@@ -450,30 +460,44 @@ fn a_rolling_restart_under_load_fails_no_request() {
             .zip(&after["gilbert"])
             .all(|(a, b)| a.pid != b.pid)
     );
-    let results = results.lock().unwrap();
-    let during = results
-        .iter()
-        .filter(|(sent, done, _)| *sent <= up_ended && *done >= up_began)
-        .count();
-    let failed: Vec<&String> = results.iter().filter_map(|(_, _, r)| r.as_ref().err()).collect();
+    assert_eq!(
+        result["errors"],
+        serde_json::json!({}),
+        "failed requests during the rolling restart: {result}"
+    );
+    assert_eq!(result["ok"], result["requests"], "{result}");
     assert!(
-        during >= 20,
-        "only {during} requests overlapped `up`: the load did not cover the restart"
+        result["requests"].as_u64().unwrap() >= 600,
+        "too few requests for a 4 s run at 200/s: {result}"
     );
-    eprintln!(
-        "{} requests, {during} overlapping up ({:?})",
-        results.len(),
-        up_ended - up_began
-    );
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed during the rolling restart: {:?}",
-        failed.len(),
-        results.len(),
-        &failed[..failed.len().min(5)]
-    );
-    // Both new gilbert replicas took traffic after the swap.
+    // The new gilbert replicas took the traffic after the swap.
     assert!(answered(&fleet, "gilbert", 0) > 0 && answered(&fleet, "gilbert", 1) > 0);
+}
+
+/// A child process killed if the test fails before waiting for it.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl KillOnDrop {
+    fn running(&mut self) -> bool {
+        self.0.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    fn output(mut self) -> Output {
+        self.0
+            .take()
+            .expect("child")
+            .wait_with_output()
+            .expect("child output")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 #[test]
