@@ -331,7 +331,7 @@ fn up_probe_change_and_down_leaves_nothing() {
         "every yorick call (40 + the single shot) reached exactly one gilbert: {spread:?}"
     );
     // And a probe of gilbert itself is answered by both of its processes.
-    let (code, direct) = fleet.json("probe", &["gilbert", "-n", "20"]);
+    let (code, direct) = fleet.json("probe", &["gilbert", "-n", "20", "-c", "4"]);
     assert_eq!(code, 0, "{direct}");
     let instances: BTreeSet<String> = direct["instances"]
         .as_object()
