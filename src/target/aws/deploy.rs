@@ -633,12 +633,9 @@ fn is_abort(e: &AwsError) -> bool {
 }
 
 fn error_failure(stack: &str, e: &AwsError) -> Failure {
-    let mut causes = Vec::new();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        causes.push(cause.to_string().trim().to_string());
-        source = cause.source();
-    }
+    let causes = crate::error::causes(e)
+        .map(|c| c.to_string().trim().to_string())
+        .collect();
     // The subject is said once, by the failure.
     let summary = match e {
         AwsError::Api { operation, .. } => format!("{operation} failed"),
