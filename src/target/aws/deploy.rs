@@ -22,7 +22,7 @@ use crate::Context;
 use crate::error::{Error, Result};
 use crate::fleet::Plan;
 use crate::target::UpOptions;
-use crate::ui::aws::{Confirm, Line, Progress, confirm};
+use crate::ui::aws::{Line, Progress};
 
 /// How many pages of events to read back when looking for the start of an operation.
 const MAX_EVENT_PAGES: usize = 5;
@@ -310,28 +310,13 @@ pub(super) async fn up(target: &AwsTarget, plan: &Plan, opts: &UpOptions, ctx: &
             })
             .collect();
         if !recreate.is_empty() && !opts.yes {
-            match confirm(
-                &ctx.ui,
+            super::confirm_or_stop(
+                ctx,
                 "Delete and recreate these stacks (their resources are deleted first)?",
                 &recreate,
-                &ctx.cancel,
+                || format!("{} and must be deleted and recreated", recreate.join(", ")),
             )
-            .await
-            {
-                Confirm::Yes => {}
-                Confirm::No => return Err(AwsError::Declined.into()),
-                Confirm::Interrupted => {
-                    return Err(Error::Interrupted {
-                        still_running: vec![],
-                    });
-                }
-                Confirm::NoTerminal => {
-                    return Err(AwsError::NeedsConfirmation {
-                        what: format!("{} and must be deleted and recreated", recreate.join(", ")),
-                    }
-                    .into());
-                }
-            }
+            .await?;
         }
     }
 
