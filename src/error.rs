@@ -85,9 +85,39 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The causes of `err` (its `source()` chain), nearest first.
+pub fn causes(err: &dyn std::error::Error) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+    std::iter::successors(err.source(), |e| e.source())
+}
+
+/// `error: cause: cause` on one line, for a "last error" text; a cause whose text repeats an earlier one
+/// (wrappers that display their source) is said once.
+pub fn one_line(err: &dyn std::error::Error) -> String {
+    let mut parts = vec![err.to_string()];
+    for cause in causes(err) {
+        let text = cause.to_string();
+        if !parts.contains(&text) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_line_joins_the_chain_and_says_a_repeated_cause_once() {
+        let inner = std::io::Error::other("connection refused");
+        let outer = Error::Io {
+            action: "read",
+            path: "/tmp/x".into(),
+            source: inner,
+        };
+        assert_eq!(one_line(&outer), "could not read /tmp/x: connection refused");
+        assert_eq!(causes(&outer).count(), 1);
+    }
 
     #[test]
     fn interrupted_names_what_is_still_running() {

@@ -63,9 +63,7 @@ fn main() -> ExitCode {
 /// `error: …` then the `caused by:` chain, one cause per line.
 fn report_error(ui: &Ui, err: &thespctl::error::Error) {
     eprintln!("{} {err}", ui.paint("error:", Style::Red));
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
+    for cause in thespctl::error::causes(err) {
         eprintln!("  caused by: {cause}");
-        source = cause.source();
     }
 }

@@ -13,7 +13,7 @@ pub mod tunnel;
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use comfy_table::{ContentArrangement, Table, presets};
+use comfy_table::{ContentArrangement, LineStyle, Table, TableStyle};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
@@ -91,10 +91,10 @@ impl Ui {
         }
     }
 
-    /// A table in the house style: no outer borders, header underlined, fits the terminal width.
+    /// A table in the house style: no borders or row rules, the header underlined, fits the terminal width.
     pub fn table(&self, header: &[&str]) -> Table {
         let mut table = Table::new();
-        table.load_style(presets::UTF8_HORIZONTAL_ONLY);
+        table.load_style(TABLE_STYLE);
         table.set_content_arrangement(ContentArrangement::Dynamic);
         if !self.color {
             table.force_no_tty();
@@ -158,6 +158,10 @@ impl Ui {
         format!("\x1b[{code}m{text}\x1b[0m")
     }
 }
+
+/// Only the header is underlined: rules between rows double the height of a table and make a multi-line
+/// cell (several addresses) harder, not easier, to read.
+const TABLE_STYLE: TableStyle = TableStyle::new().header_separator(LineStyle::none().fill('─').junction(' '));
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Style {

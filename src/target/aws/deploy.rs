@@ -22,7 +22,7 @@ use crate::Context;
 use crate::error::{Error, Result};
 use crate::fleet::Plan;
 use crate::target::UpOptions;
-use crate::ui::aws::{Confirm, Line, Progress, confirm};
+use crate::ui::aws::{Line, Progress};
 
 /// How many pages of events to read back when looking for the start of an operation.
 const MAX_EVENT_PAGES: usize = 5;
@@ -310,28 +310,13 @@ pub(super) async fn up(target: &AwsTarget, plan: &Plan, opts: &UpOptions, ctx: &
             })
             .collect();
         if !recreate.is_empty() && !opts.yes {
-            match confirm(
-                &ctx.ui,
+            super::confirm_or_stop(
+                ctx,
                 "Delete and recreate these stacks (their resources are deleted first)?",
                 &recreate,
-                &ctx.cancel,
+                || format!("{} and must be deleted and recreated", recreate.join(", ")),
             )
-            .await
-            {
-                Confirm::Yes => {}
-                Confirm::No => return Err(AwsError::Declined.into()),
-                Confirm::Interrupted => {
-                    return Err(Error::Interrupted {
-                        still_running: vec![],
-                    });
-                }
-                Confirm::NoTerminal => {
-                    return Err(AwsError::NeedsConfirmation {
-                        what: format!("{} and must be deleted and recreated", recreate.join(", ")),
-                    }
-                    .into());
-                }
-            }
+            .await?;
         }
     }
 
@@ -633,12 +618,9 @@ fn is_abort(e: &AwsError) -> bool {
 }
 
 fn error_failure(stack: &str, e: &AwsError) -> Failure {
-    let mut causes = Vec::new();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        causes.push(cause.to_string().trim().to_string());
-        source = cause.source();
-    }
+    let causes = crate::error::causes(e)
+        .map(|c| c.to_string().trim().to_string())
+        .collect();
     // The subject is said once, by the failure.
     let summary = match e {
         AwsError::Api { operation, .. } => format!("{operation} failed"),

@@ -13,10 +13,9 @@ use super::error::{AwsError, Failure};
 use super::events::OpKind;
 use super::report::{DeletedStack, DownReport};
 use crate::Context;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::fleet::FleetRef;
 use crate::target::DownOptions;
-use crate::ui::aws::{Confirm, confirm};
 
 /// How many stacks `down` deletes at once.
 const DOWN_PARALLEL: usize = 8;
@@ -87,25 +86,14 @@ pub(super) async fn down(
             fleet.fleet,
             target.region
         );
-        match confirm(&ctx.ui, &question, &doomed, &ctx.cancel).await {
-            Confirm::Yes => {}
-            Confirm::No => return Err(AwsError::Declined.into()),
-            Confirm::Interrupted => {
-                return Err(Error::Interrupted {
-                    still_running: vec![],
-                });
-            }
-            Confirm::NoTerminal => {
-                return Err(AwsError::NeedsConfirmation {
-                    what: format!(
-                        "`down` would delete {} stacks ({})",
-                        doomed.len(),
-                        doomed.join(", ")
-                    ),
-                }
-                .into());
-            }
-        }
+        super::confirm_or_stop(ctx, &question, &doomed, || {
+            format!(
+                "`down` would delete {} stacks ({})",
+                doomed.len(),
+                doomed.join(", ")
+            )
+        })
+        .await?;
     }
 
     let names: Vec<String> = services

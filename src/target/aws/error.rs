@@ -386,7 +386,7 @@ where
     // provider's typed error somewhere in the source chain.
     if let Some(cred) = find_in_chain::<CredentialsError>(&err) {
         let profile = site.profile.map(str::to_owned);
-        let source: BoxError = Box::new(SourceText(render_chain(cred)));
+        let source: BoxError = Box::new(SourceText(crate::error::one_line(cred)));
         return match cred {
             CredentialsError::CredentialsNotLoaded(_) => AwsError::NoCredentials { profile, source },
             _ => AwsError::CredentialsProvider { profile, source },
@@ -404,7 +404,7 @@ where
         return AwsError::Unreachable {
             operation,
             region: site.region.to_string(),
-            source: Box::new(SourceText(render_chain(&err))),
+            source: Box::new(SourceText(crate::error::one_line(&err))),
         };
     }
 
@@ -457,7 +457,7 @@ where
         other => match raw {
             // The parser's complaint ("error parsing XML") says less than the response itself.
             Some(raw) => Box::new(SourceText(format!("the service answered {raw}"))),
-            None => Box::new(SourceText(render_chain(&other))),
+            None => Box::new(SourceText(crate::error::one_line(&other))),
         },
     }
 }
@@ -485,19 +485,6 @@ impl RawResponse for () {
     fn describe(&self) -> Option<String> {
         None
     }
-}
-
-fn render_chain<E: StdError + ?Sized>(err: &E) -> String {
-    let mut parts = vec![err.to_string()];
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !parts.iter().any(|p| p == &text) {
-            parts.push(text);
-        }
-        source = cause.source();
-    }
-    parts.join(": ")
 }
 
 fn find_in_chain<'e, T: StdError + 'static>(err: &'e (dyn StdError + 'static)) -> Option<&'e T> {

@@ -33,6 +33,25 @@ use crate::error::Result;
 use crate::fleet::{FleetRef, Plan};
 use crate::target::{DownOptions, Endpoint, Resolved, Target, UpOptions};
 
+/// Asks on the terminal before a destructive step. No, Ctrl-C, or no terminal to ask on (then `refusal`
+/// says what needed confirming, and the error says to pass `--yes`) stop the command before it acts.
+async fn confirm_or_stop(
+    ctx: &Context,
+    question: &str,
+    details: &[String],
+    refusal: impl FnOnce() -> String,
+) -> Result<()> {
+    use crate::ui::aws::{Confirm, confirm};
+    match confirm(&ctx.ui, question, details, &ctx.cancel).await {
+        Confirm::Yes => Ok(()),
+        Confirm::No => Err(AwsError::Declined.into()),
+        Confirm::Interrupted => Err(crate::error::Error::Interrupted {
+            still_running: vec![],
+        }),
+        Confirm::NoTerminal => Err(AwsError::NeedsConfirmation { what: refusal() }.into()),
+    }
+}
+
 /// The AWS target of one fleet.
 #[derive(Debug, Clone)]
 pub struct AwsTarget {

@@ -33,14 +33,7 @@ pub async fn down(
     if !dir.state_file().exists() {
         return Ok(report);
     }
-    let _lock = dir
-        .lock(&ctx.cancel, || {
-            ctx.ui.info(format!(
-                "waiting for another thespctl up/down on {} to finish…",
-                dir.root.display()
-            ));
-        })
-        .await?;
+    let _lock = dir.lock_for(ctx).await?;
     let Some(state) = dir.load()? else {
         return Ok(report);
     };

@@ -64,7 +64,7 @@ pub async fn check(addr: SocketAddr, timeout: Duration) -> (Health, String) {
         let channel = endpoint(addr, timeout)
             .connect()
             .await
-            .map_err(|e| error_chain(&e))?;
+            .map_err(|e| crate::error::one_line(&e))?;
         check_on(channel).await
     };
     match tokio::time::timeout(timeout, attempt).await {
@@ -99,7 +99,7 @@ pub async fn wait_serving(
             None => endpoint(addr, per_try)
                 .connect()
                 .await
-                .map_err(|e| error_chain(&e)),
+                .map_err(|e| crate::error::one_line(&e)),
         };
         match ch {
             Ok(ch) => {
@@ -130,17 +130,6 @@ pub enum WaitFailure {
     Timeout(String),
     Exited(String),
     Interrupted,
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -121,6 +121,17 @@ impl StateDir {
         Ok(())
     }
 
+    /// [`StateDir::lock`] for a command: says on stderr why it waits, and stops waiting on Ctrl-C.
+    pub async fn lock_for(&self, ctx: &crate::Context) -> Result<LockGuard, LocalError> {
+        self.lock(&ctx.cancel, || {
+            ctx.ui.info(format!(
+                "waiting for another thespctl up/down on {} to finish…",
+                self.root.display()
+            ));
+        })
+        .await
+    }
+
     /// Takes the directory's exclusive lock (an `flock` held until the guard drops), waiting while another
     /// `up` or `down` holds it. `on_wait` is called once if we have to wait, so the user knows why.
     pub async fn lock(

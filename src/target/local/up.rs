@@ -62,14 +62,7 @@ pub async fn up(
         return Ok(report(plan, &dir, &diffs, &state, true, begun));
     }
 
-    let _lock = dir
-        .lock(&ctx.cancel, || {
-            ctx.ui.info(format!(
-                "waiting for another thespctl up/down on {} to finish…",
-                dir.root.display()
-            ));
-        })
-        .await?;
+    let _lock = dir.lock_for(ctx).await?;
     let state = dir.load()?.unwrap_or_else(|| State::new(&plan.fleet, &manifest));
     let mut state = same_fleet_or_empty(&dir, state, plan, &manifest)?;
     let diffs = diff(plan, &state, is_running);

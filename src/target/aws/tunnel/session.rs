@@ -705,7 +705,7 @@ impl Actor {
                     }
                 }
                 // Retryable: the socket or the API call failed for now.
-                Err(Ok(e)) => last_error = error_chain(&e),
+                Err(Ok(e)) => last_error = crate::error::one_line(&e),
                 // Final: the session is gone.
                 Err(Err(e)) => return Err(SessionEnd::Failed(e)),
             }
@@ -1079,18 +1079,6 @@ impl Actor {
             acked: !self.outbound.is_unacked(seq),
         }))
     }
-}
-
-/// An error and its causes on one line (for "last error" texts).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Mode selection from the agent's side of the handshake (the protocol note, §8.1).
