@@ -1016,12 +1016,17 @@ async fn a_task_whose_agent_does_not_answer_fails_the_probe_and_the_session_is_s
     task.agent.child.wait().unwrap();
     let task = &placement.tasks[0];
 
-    let cmd = fleet.probe(&ecs, &double, &["gilbert", "--via", "tunnel", "--timeout", "5s"]);
+    let cmd = fleet.probe(&ecs, &double, &["gilbert", "--via", "tunnel", "--timeout", "2s"]);
     let (code, doc, stderr) = probe_json(cmd).await;
     assert!(code == 1 || code == 2, "exit {code}: {doc}\n{stderr}");
     assert_ne!(doc["code"], "OK", "{doc}");
     assert_eq!(doc["ok"], 0, "{doc}");
     assert!(doc["instance"].is_null(), "nobody answered: {doc}");
     let r = assert_one_session_to(&double, task, local_port(doc["address"].as_str().unwrap()));
-    assert_eq!(r.dials, 1, "the agent side tried the host port");
+    // Once per connection attempt: the probe re-connects a request that never reached a server until its
+    // deadline, so how many attempts fit depends on when the broken stream is noticed.
+    assert!(
+        r.dials >= 1,
+        "the agent side tried the host port: {doc}\n{stderr}"
+    );
 }
