@@ -507,7 +507,21 @@ impl Agent {
             self.shared
                 .violation(format!("ClientVersion {client_version} is below 1.2.764.0"));
         }
-        let target = self.shared.config.target;
+        let target = if self.shared.config.dial_port_number {
+            let port = param(&self.params, "portNumber").and_then(|p| p.parse::<u16>().ok());
+            match port {
+                Some(port) => std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                None => {
+                    self.shared.violation(format!(
+                        "StartSession without a valid portNumber: {}",
+                        self.params
+                    ));
+                    self.shared.config.target
+                }
+            }
+        } else {
+            self.shared.config.target
+        };
         if local_pf && agent_can_mux && client_mux {
             self.keepalive = !newer(&self.shared.config.agent_version, "3.1.1511.0")
                 || !newer(client_version, "1.2.331.0");

@@ -40,8 +40,13 @@ use tokio_util::sync::CancellationToken;
 pub struct Config {
     /// What the agent claims in its HandshakeRequest.
     pub agent_version: String,
-    /// Where the agent dials for the instance's ports (an echo server, typically). Every port maps here.
+    /// Where the agent dials for the instance's ports (an echo server, typically). Every port maps here,
+    /// unless `dial_port_number` is set.
     pub target: SocketAddr,
+    /// Dial `127.0.0.1:<portNumber>` from the session's parameters instead of `target`, as the real agent
+    /// does for `AWS-StartPortForwardingSession` (the port on the instance itself): a test whose instance
+    /// is this machine then reaches whatever listens on the port the client asked for.
+    pub dial_port_number: bool,
     /// Instances that answer StartSession with TargetNotConnected.
     pub not_connected: Vec<String>,
     /// StartSession answers AccessDeniedException.
@@ -61,6 +66,7 @@ impl Config {
         Config {
             agent_version: "3.3.1142.0".into(),
             target,
+            dial_port_number: false,
             not_connected: Vec::new(),
             deny_start: false,
             secret_key: None,
@@ -77,6 +83,8 @@ impl Config {
 pub struct Records {
     /// (operation, request body) for every API call.
     pub api_calls: Vec<(String, serde_json::Value)>,
+    /// The ids of the sessions StartSession started, in order.
+    pub sessions_started: Vec<String>,
     /// Upgrade requests: (path and query, headers).
     pub upgrades: Vec<(String, Vec<(String, String)>)>,
     /// SigV4 verdicts of the upgrades (`None`: no secret configured to check against).
@@ -402,6 +410,7 @@ async fn handle_api(
                 .lock()
                 .unwrap()
                 .insert(id.clone(), session.clone());
+            shared.record(|r| r.sessions_started.push(id.clone()));
             tokio::spawn(agent::run(
                 shared.clone(),
                 session,
