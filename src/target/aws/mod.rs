@@ -163,16 +163,23 @@ impl Target for AwsTarget {
         }
         // A Session Manager tunnel to one running task of the service (ECS cluster = fleet name, service =
         // thespian name, as the templates define them), on a free loopback port, for this run only.
+        //
+        // The tunnel lives on its own token, not a child of Ctrl-C: on Ctrl-C the probe stops its load,
+        // reports what it measured and only then closes the tunnel through the guard, so in-flight
+        // requests end as the probe decides rather than as UNAVAILABLE. Ctrl-C while the tunnel is still
+        // being opened does abort the opening, through the same token, so the opener cleans up after
+        // itself (a started session is terminated) instead of being dropped half-way.
         let bind = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-        let tunnel = tunnel::open_to_service(
-            &self.sdk,
-            &fleet.fleet,
-            thespian,
-            None,
-            bind,
-            ctx.cancel.child_token(),
-        )
-        .await?;
+        let life = tokio_util::sync::CancellationToken::new();
+        let opening = tunnel::open_to_service(&self.sdk, &fleet.fleet, thespian, None, bind, life.clone());
+        tokio::pin!(opening);
+        let tunnel = tokio::select! {
+            t = &mut opening => t?,
+            _ = ctx.cancel.cancelled() => {
+                life.cancel();
+                opening.await?
+            }
+        };
         let d = tunnel.description();
         let label = format!(
             "{thespian} via tunnel (task {}, {}:{})",
