@@ -97,9 +97,7 @@ pub async fn dial(uri: &http::Uri, timeout: Option<Duration>) -> Result<Connecti
         None => connect.await,
         Some(limit) => match tokio::time::timeout(limit, connect).await {
             Ok(result) => result,
-            Err(_) => Err(DialError::Tcp(std::io::Error::from(
-                std::io::ErrorKind::TimedOut,
-            ))),
+            Err(_) => Err(DialError::Tcp(std::io::Error::from(std::io::ErrorKind::TimedOut))),
         },
     }
 }
@@ -236,9 +234,7 @@ impl Client {
         *request.method_mut() = http::Method::POST;
         *request.uri_mut() = uris.0[method as usize].clone();
         *request.headers_mut() = headers;
-        let (response, mut stream) = send
-            .send_request(request, false)
-            .map_err(connection_failed)?;
+        let (response, mut stream) = send.send_request(request, false).map_err(connection_failed)?;
         stream
             .send_data(Bytes::from_static(&EMPTY_MESSAGE), true)
             .map_err(stream_error)?;
@@ -800,7 +796,12 @@ mod tests {
             head.extend(literal("content-type", "application/grpc"));
             out.extend(frame(HEADERS, END_HEADERS, 1, &head));
             out.extend(frame(DATA, 0, 1, &[0, 0, 0, 0, 0]));
-            out.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &literal("grpc-status", "0")));
+            out.extend(frame(
+                HEADERS,
+                END_HEADERS | END_STREAM,
+                1,
+                &literal("grpc-status", "0"),
+            ));
             tcp.write_all(&out).await.unwrap();
             while read_frame(&mut tcp).await.is_some() {}
         }
@@ -808,7 +809,9 @@ mod tests {
 
     /// Two requests on one connection to [`raw::goaway_server`]: stream 1 and stream 3, in that order
     /// (both are opened in their first poll).
-    async fn two_streams_then_goaway(last_stream_id: u32) -> (Client, Vec<Result<Response<Nothing>, Status>>) {
+    async fn two_streams_then_goaway(
+        last_stream_id: u32,
+    ) -> (Client, Vec<Result<Response<Nothing>, Status>>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let uri: http::Uri = format!("http://{}", listener.local_addr().unwrap())
             .parse()
@@ -830,13 +833,30 @@ mod tests {
     #[tokio::test]
     async fn a_stream_above_the_goaways_last_stream_id_was_never_processed() {
         let (client, results) = two_streams_then_goaway(1).await;
-        assert!(results[0].is_ok(), "stream 1, the last stream id, is answered: {:?}", results[0]);
+        assert!(
+            results[0].is_ok(),
+            "stream 1, the last stream id, is answered: {:?}",
+            results[0]
+        );
         let status = results[1].as_ref().unwrap_err();
         assert_eq!(status.code(), Code::Unavailable);
-        assert!(never_sent(status), "stream 3 is above the last stream id: {status:?}");
-        let status = client.clone().unary(GrpcMethod::A, MetadataMap::new()).await.unwrap_err();
-        assert!(never_sent(&status), "a request after the GOAWAY is not sent: {status:?}");
-        assert!(client.conn.is_closed(), "and the connection is marked for an Endpoint to replace");
+        assert!(
+            never_sent(status),
+            "stream 3 is above the last stream id: {status:?}"
+        );
+        let status = client
+            .clone()
+            .unary(GrpcMethod::A, MetadataMap::new())
+            .await
+            .unwrap_err();
+        assert!(
+            never_sent(&status),
+            "a request after the GOAWAY is not sent: {status:?}"
+        );
+        assert!(
+            client.conn.is_closed(),
+            "and the connection is marked for an Endpoint to replace"
+        );
     }
 
     #[tokio::test]
@@ -889,7 +909,8 @@ mod tests {
                                 .body(())
                                 .unwrap();
                             let mut send = respond.send_response(head, false).unwrap();
-                            send.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), false).unwrap();
+                            send.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), false)
+                                .unwrap();
                             let mut trailers = http::HeaderMap::new();
                             trailers.insert("grpc-status", "0".parse().unwrap());
                             send.send_trailers(trailers).unwrap();
@@ -909,7 +930,11 @@ mod tests {
     }
 
     async fn call_endpoint(endpoint: &Endpoint) -> Result<Response<Nothing>, Status> {
-        endpoint.client().await?.unary(GrpcMethod::A, MetadataMap::new()).await
+        endpoint
+            .client()
+            .await?
+            .unary(GrpcMethod::A, MetadataMap::new())
+            .await
     }
 
     #[tokio::test]
@@ -917,7 +942,11 @@ mod tests {
         let server = counted_server(false).await;
         let endpoint = Endpoint::new(server.uri.clone(), Some(Duration::from_secs(2))).unwrap();
         tokio::task::yield_now().await;
-        assert_eq!(server.connections.load(Ordering::SeqCst), 0, "nothing is dialled up front");
+        assert_eq!(
+            server.connections.load(Ordering::SeqCst),
+            0,
+            "nothing is dialled up front"
+        );
         let calls = (0..50).map(|_| call_endpoint(&endpoint));
         for result in futures_util::future::join_all(calls).await {
             result.unwrap();
@@ -925,7 +954,11 @@ mod tests {
         for _ in 0..5 {
             call_endpoint(&endpoint).await.unwrap();
         }
-        assert_eq!(server.connections.load(Ordering::SeqCst), 1, "one connection for every request");
+        assert_eq!(
+            server.connections.load(Ordering::SeqCst),
+            1,
+            "one connection for every request"
+        );
     }
 
     #[tokio::test]
@@ -940,7 +973,10 @@ mod tests {
             // is what callers retry. Waiting here keeps the test about redialling.
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
             while endpoint.live().is_some() {
-                assert!(std::time::Instant::now() < deadline, "the GOAWAY never closed the connection");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the GOAWAY never closed the connection"
+                );
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
@@ -960,10 +996,17 @@ mod tests {
             let status = result.unwrap_err();
             assert_eq!(status.code(), Code::Unavailable);
             assert!(never_sent(&status), "{status:?}");
-            assert!(status.message().contains(&format!("127.0.0.1:{port}")), "{status:?}");
+            assert!(
+                status.message().contains(&format!("127.0.0.1:{port}")),
+                "{status:?}"
+            );
             assert!(status.message().contains("tcp connect error"), "{status:?}");
         }
-        assert_eq!(endpoint.failed_dials.load(Ordering::SeqCst), 1, "one dial for ten waiters");
+        assert_eq!(
+            endpoint.failed_dials.load(Ordering::SeqCst),
+            1,
+            "one dial for ten waiters"
+        );
         // A later request dials again (the peer may have come up).
         let _ = call_endpoint(&endpoint).await;
         assert_eq!(endpoint.failed_dials.load(Ordering::SeqCst), 2);
