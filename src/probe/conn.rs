@@ -1,9 +1,8 @@
 //! Connections: `--address` parsing, one HTTP/2 connection per slot spread across the endpoints, and
 //! recovery when a replica goes away mid-run.
 //!
-//! A request that fails *before it reached any server* (the connection could not be (re-)established,
-//! typed as [`tonic::ConnectError`]) is safe to send again, as gRPC clients do transparently. The pool
-//! then re-resolves the thespian through the target (when it can: local processes, no tunnel) so that a
+//! A request that fails *before it reached any server* (see [`never_sent`]) is safe to send again, as
+//! gRPC clients do transparently. The pool then re-resolves the thespian through the target (when it can: local processes, no tunnel) so that a
 //! replica replaced by `thespctl up` on a new port is found, and the request goes out again until its
 //! deadline. Requests that did reach a server are never re-sent: their outcome is what is measured.
 
@@ -12,11 +11,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
+use thespian_agent::client::{self, Client as H2Client};
 use thespian_agent::proto::thespian_client::ThespianClient;
 use tonic::transport::{Channel, ClientTlsConfig};
 
 use crate::probe::ProbeError;
-use crate::probe::transport::{self, H2Client};
 use crate::target::Endpoint;
 
 /// Re-resolves the thespian's endpoints (`None` when that fails: the last known list stays in use).
@@ -28,7 +27,7 @@ const REFRESH_MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// A slot whose connection could not be re-established is not redialled more often than this.
 const REDIAL_MIN_INTERVAL: Duration = Duration::from_millis(20);
 
-/// A gRPC client on one connection: the lean client of [`transport`] for plaintext endpoints, the
+/// A gRPC client on one connection: the lean client of [`thespian_agent::client`] for plaintext endpoints, the
 /// generated `ThespianClient` over tonic's `Channel` for TLS ones. Cheap to clone (once per request).
 #[derive(Debug, Clone)]
 pub enum Client {
@@ -110,7 +109,7 @@ async fn open(ep: &Endpoint, connect_timeout: Duration) -> Result<Client, ProbeE
         return Ok(Client::Tls(ThespianClient::new(channel)));
     }
     let uri: http::Uri = ep.uri.parse().map_err(|e| bad_endpoint(ep, e))?;
-    let conn = transport::dial(&uri, connect_timeout)
+    let conn = client::dial(&uri, Some(connect_timeout))
         .await
         .map_err(|e| failed(Box::new(e)))?;
     let client = H2Client::new(conn, &uri).map_err(|e| bad_endpoint(ep, e))?;
@@ -151,8 +150,12 @@ pub fn connect_problem(err: &(dyn std::error::Error + 'static)) -> ConnectProble
     ConnectProblem::Other
 }
 
-/// The request never reached a server: its connection could not be (re-)established or was closing.
+/// The request never reached a server: the lean client says so (see [`client::never_sent`]), or tonic's
+/// channel (TLS endpoints) could not (re-)establish its connection.
 pub fn never_sent(status: &tonic::Status) -> bool {
+    if client::never_sent(status) {
+        return true;
+    }
     let mut cur = status.source();
     while let Some(e) = cur {
         if e.is::<tonic::ConnectError>() {

@@ -24,10 +24,11 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use thespian_agent::client::{GRPC_TIMEOUT, grpc_timeout};
+use thespian_agent::config::GrpcMethod;
 use thespian_agent::proto::Nothing;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
-use tonic::metadata::AsciiMetadataValue;
 use tonic::{Code, Request, Response, Status};
 
 use crate::cli::Method;
@@ -142,6 +143,15 @@ struct Outcome {
     retries: u64,
 }
 
+/// The agent crate's name for a method.
+fn grpc_method(method: Method) -> GrpcMethod {
+    match method {
+        Method::A => GrpcMethod::A,
+        Method::B => GrpcMethod::B,
+        Method::C => GrpcMethod::C,
+    }
+}
+
 /// Sends one request with the trace header and the deadline (as `grpc-timeout`, and enforced here too, so
 /// a server that cannot answer at all — stopped, partitioned — still yields `DEADLINE_EXCEEDED` on time).
 async fn call(
@@ -159,7 +169,7 @@ async fn call(
     );
     let reply = async move {
         match (client, method) {
-            (Client::H2(client), method) => client.unary(method, request.into_parts().0).await,
+            (Client::H2(client), method) => client.unary(grpc_method(method), request.into_parts().0).await,
             (Client::Tls(mut client), Method::A) => client.a(request).await,
             (Client::Tls(mut client), Method::B) => client.b(request).await,
             (Client::Tls(mut client), Method::C) => client.c(request).await,
@@ -181,40 +191,6 @@ async fn call(
         }
         Ok(result) => result,
     }
-}
-
-const GRPC_TIMEOUT: &str = "grpc-timeout";
-
-thread_local! {
-    /// The last `grpc-timeout` value built on this thread: consecutive requests almost always carry the
-    /// same whole number of milliseconds, so the header is built once and shared.
-    static LAST_TIMEOUT: std::cell::RefCell<Option<(u64, AsciiMetadataValue)>> = const { std::cell::RefCell::new(None) };
-}
-
-/// The `grpc-timeout` header for `remaining`, in whole milliseconds rounded down (so the server's deadline
-/// is never later than ours). Whole milliseconds repeat from request to request, so HPACK sends the
-/// header as a one-byte index instead of a new literal each time (less work on both sides); below one
-/// millisecond, microseconds.
-fn grpc_timeout(remaining: Duration) -> AsciiMetadataValue {
-    let ms = u64::try_from(remaining.as_millis())
-        .unwrap_or(u64::MAX)
-        .min(99_999_999);
-    if ms == 0 {
-        let us = remaining.as_micros().max(1);
-        return AsciiMetadataValue::try_from(format!("{us}u"))
-            .unwrap_or_else(|_| AsciiMetadataValue::from_static("1u"));
-    }
-    LAST_TIMEOUT.with_borrow_mut(|last| {
-        if let Some((cached, value)) = last.as_ref()
-            && *cached == ms
-        {
-            return value.clone();
-        }
-        let value = AsciiMetadataValue::try_from(format!("{ms}m"))
-            .unwrap_or_else(|_| AsciiMetadataValue::from_static("1m"));
-        *last = Some((ms, value.clone()));
-        value
-    })
 }
 
 /// Backoff between attempts of a request that could not reach any server.

@@ -9,7 +9,6 @@
 //! - [`gates`]: `--max-error-rate`, `--max-p99`.
 //! - [`report`]: the published result (stable JSON keys).
 //! - [`trace`]: the W3C `traceparent` each request carries.
-//! - [`transport`]: the lean HTTP/2 transport of plaintext endpoints.
 
 pub mod conn;
 pub mod engine;
@@ -20,7 +19,6 @@ pub mod stats;
 #[cfg(test)]
 mod testserver;
 pub mod trace;
-pub mod transport;
 
 use crate::error::exit;
 

@@ -2,23 +2,22 @@
 //!
 //! The config is compiled once into a tree of steps whose names are `&'static str` (the config lives as
 //! long as the process, so span names are never copied per request) and whose calls point straight at a
-//! shared [`Target`]: one lazily connected tonic `Channel` per endpoint, used by every request.
+//! shared [`Target`]: one lazily dialled HTTP/2 connection per endpoint ([`client::Endpoint`]), used by
+//! every request.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
 use tonic::Code;
-use tonic::metadata::{AsciiMetadataValue, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{AsciiMetadataValue, MetadataMap, MetadataValue};
 
+use crate::client::{self, GRPC_TIMEOUT};
 use crate::config::{self, Action, Config, GrpcMethod, Operation};
-use crate::proto::Nothing;
-use crate::proto::thespian_client::ThespianClient;
 use crate::resolve::{ResolveMap, Resolver};
 use crate::telemetry::{Span, SpanCx, Tracer};
 
@@ -110,7 +109,7 @@ struct Call {
 
 /// Where a `service_address`/`service_port` pair goes: its own address, or the endpoints the resolver
 /// maps it to (used round-robin). With a `THESPIAN_RESOLVE_FILE` the endpoints follow the file: they are
-/// rebuilt when it changes, keeping the channels of endpoints that stay.
+/// rebuilt when it changes, keeping the connections of endpoints that stay.
 pub struct Target {
     /// `http://gilbert:80`, for messages.
     label: String,
@@ -124,8 +123,7 @@ pub struct Target {
 
 struct TargetEndpoint {
     authority: String,
-    endpoint: Endpoint,
-    channel: OnceLock<Channel>,
+    endpoint: client::Endpoint,
 }
 
 impl Target {
@@ -192,54 +190,22 @@ fn endpoints_for(
             continue;
         }
         let uri = format!("http://{authority}");
-        let endpoint = Endpoint::from_shared(uri.clone())
-            .map_err(|e| BuildError {
-                name: format!("{host}:{port}"),
-                uri,
-                message: e.to_string(),
-            })?
-            .tcp_nodelay(true);
+        let bad = |message: String| BuildError {
+            name: format!("{host}:{port}"),
+            uri: uri.clone(),
+            message,
+        };
+        let origin: http::Uri = uri
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
+        // No connect timeout of its own: the call's timeout bounds connecting and calling together.
+        let endpoint = client::Endpoint::new(origin, None).map_err(|e| bad(e.to_string()))?;
         endpoints.push(Arc::new(TargetEndpoint {
             authority: authority.clone(),
             endpoint,
-            channel: OnceLock::new(),
         }));
     }
     Ok(endpoints)
-}
-
-impl TargetEndpoint {
-    /// The endpoint's channel, created on first use (it connects lazily too) and shared from then on.
-    fn channel(&self) -> Channel {
-        self.channel.get_or_init(|| self.endpoint.connect_lazy()).clone()
-    }
-}
-
-/// True when `status` proves the request never reached the callee's application, so sending it again
-/// elsewhere cannot run it twice: the connection was refused, the request was cancelled before it was
-/// written, or HTTP/2 refused the stream (REFUSED_STREAM, or a GOAWAY that left it unprocessed). This is
-/// gRPC's own "transparent retry" rule: a replica that is draining or gone is not a failure of the call.
-fn never_reached(status: &tonic::Status) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::ConnectionRefused
-        {
-            return true;
-        }
-        if let Some(h2) = e.downcast_ref::<h2::Error>()
-            && (h2.reason() == Some(h2::Reason::REFUSED_STREAM) || (h2.is_go_away() && h2.is_remote()))
-        {
-            return true;
-        }
-        if let Some(hyper) = e.downcast_ref::<hyper::Error>()
-            && hyper.is_canceled()
-        {
-            return true;
-        }
-        source = e.source();
-    }
-    false
 }
 
 /// Names live as long as the process (the config never changes), so they are leaked once at start-up
@@ -451,10 +417,13 @@ impl Behavior {
             );
             return Err(fail_here(&mut span, name, message));
         }
-        let traceparent: AsciiMetadataValue = match span.cx().traceparent().parse() {
+        let mut traceparent: AsciiMetadataValue = match span.cx().traceparent().parse() {
             Ok(v) => v,
             Err(_) => unreachable_traceparent(),
         };
+        // Never indexed: every call's value is new, so adding it to the HPACK tables would only evict
+        // headers that do repeat (both peers save the work).
+        traceparent.set_sensitive(true);
         let hops = MetadataValue::from(incoming.hops + 1);
         let mut attempt = 0;
         // Sends that never reached a callee (see `never_reached`): retried at once on the next endpoint,
@@ -476,33 +445,35 @@ impl Behavior {
                 );
                 return Err(fail_here(&mut span, name, message));
             }
-            let mut request = tonic::Request::new(Nothing {});
-            request.set_timeout(limit);
-            let md = request.metadata_mut();
+            let mut md = MetadataMap::with_capacity(4);
             md.insert("traceparent", traceparent.clone());
             if let Some(state) = &incoming.tracestate {
                 md.insert("tracestate", state.clone());
             }
             md.insert(HOPS_HEADER, hops.clone());
-            let mut client = ThespianClient::new(endpoint.channel());
-            // The channel enforces the `grpc-timeout` it sends (and answers CANCELLED when it expires);
-            // this outer timeout also covers waiting for a connection, and whichever fires first wins.
-            let outcome = tokio::time::timeout(limit, send(&mut client, call.method, request)).await;
-            // A send that never reached the callee (a replica swapped out under us): the next endpoint at
-            // once, after re-reading the resolve file. Checked first: hyper's "cancelled before it was
-            // sent" is also a CANCELLED without service metadata, and is not a timeout.
+            md.insert(GRPC_TIMEOUT, client::grpc_timeout(limit));
+            // The callee enforces the `grpc-timeout` it receives (a tonic server answers CANCELLED when it
+            // expires); this timeout also covers connecting, and whichever fires first wins.
+            let send = async {
+                let client = endpoint.endpoint.client().await?;
+                client.unary(call.method, md).await
+            };
+            let outcome = tokio::time::timeout(limit, send).await;
+            // A send that never reached the callee (see `client::never_sent`: a replica swapped out under
+            // us): the next endpoint at once, after re-reading the resolve file.
             if let Ok(Err(status)) = &outcome
                 && call.target.retries_unsent()
                 && unsent <= call.target.current().len()
-                && never_reached(status)
+                && client::never_sent(status)
             {
                 tracing::debug!(trace_id = %span.cx().trace_id_hex(), span = name, endpoint = %endpoint.authority, "not sent ({}); trying the next endpoint", status.message());
                 unsent += 1;
                 call.target.refresh_now();
                 continue;
             }
-            // A CANCELLED that no Thespian answered (no service metadata) is the channel's own timeout:
-            // nothing else cancels our calls (a cancelled incoming request drops this future instead).
+            // A CANCELLED that no Thespian answered (no service metadata) is the callee's server giving up
+            // at the `grpc-timeout` we sent: a timeout (a cancelled incoming request drops this future
+            // instead).
             let outcome = match outcome {
                 Ok(Err(status))
                     if status.code() == Code::Cancelled
@@ -588,18 +559,6 @@ impl Behavior {
             let pause = remaining.map_or(pause, |r| pause.min(r));
             tokio::time::sleep(pause).await;
         }
-    }
-}
-
-async fn send(
-    client: &mut ThespianClient<Channel>,
-    method: GrpcMethod,
-    request: tonic::Request<Nothing>,
-) -> Result<tonic::Response<Nothing>, tonic::Status> {
-    match method {
-        GrpcMethod::A => client.a(request).await,
-        GrpcMethod::B => client.b(request).await,
-        GrpcMethod::C => client.c(request).await,
     }
 }
 
