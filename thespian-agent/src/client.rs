@@ -63,8 +63,8 @@ pub enum DialError {
     Handshake(#[source] h2::Error),
 }
 
-/// Opens a TCP connection (TCP_NODELAY: small requests must not wait for Nagle) and performs the HTTP/2
-/// handshake, within `timeout` when one is given (without, the caller bounds the whole call). The
+/// Opens a TCP connection (TCP_NODELAY: small requests must not wait for Nagle; the connection's own
+/// writes are batched by [`Coalesce`](crate::coalesce::Coalesce)) and performs the HTTP/2 handshake, within `timeout` when one is given (without, the caller bounds the whole call). The
 /// connection's task is spawned on the current runtime.
 pub async fn dial(uri: &http::Uri, timeout: Option<Duration>) -> Result<Connection, DialError> {
     let host = uri.host().ok_or_else(|| DialError::NoHost { uri: uri.clone() })?;
@@ -80,7 +80,7 @@ pub async fn dial(uri: &http::Uri, timeout: Option<Duration>) -> Result<Connecti
             // Replies are tiny; a larger window only matters to peers behind slow links.
             .initial_window_size(1 << 20)
             .initial_connection_window_size(1 << 22)
-            .handshake::<_, Bytes>(tcp)
+            .handshake::<_, Bytes>(crate::coalesce::Coalesce::new(tcp))
             .await
             .map_err(DialError::Handshake)?;
         let closed = Arc::new(AtomicBool::new(false));

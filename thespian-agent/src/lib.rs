@@ -3,12 +3,14 @@
 //! - [`config`]: the behaviour JSON (the existing Thespian format plus optional extensions), validated.
 //! - [`behavior`]: the executor (sleeps, functions, concurrent actions, calls to other Thespians).
 //! - [`client`]: the lean unary gRPC client the calls (and `thespctl probe`) use.
+//! - [`coalesce`]: batches each HTTP/2 connection's writes (server and client side).
 //! - [`server`]: `thespian.Thespian`, health, reflection, response metadata, drain on SIGTERM.
 //! - [`telemetry`]: W3C trace context, OTLP export, JSON log lines.
 //! - [`env`]: the settings from the environment; [`resolve`]: `THESPIAN_RESOLVE`.
 
 pub mod behavior;
 pub mod client;
+pub mod coalesce;
 pub mod config;
 pub mod env;
 mod instance;

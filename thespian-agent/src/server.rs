@@ -16,6 +16,7 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 use crate::behavior::{Behavior, BuildError, HOPS_HEADER, Incoming, MAX_HOPS, SERVICE_HEADER};
+use crate::coalesce::Coalesce;
 use crate::config::GrpcMethod;
 use crate::env::Settings;
 use crate::proto::thespian_server::{Thespian, ThespianServer};
@@ -260,7 +261,10 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            // Each connection's writes are batched (see `coalesce`).
+            futures_util::StreamExt::map(TcpIncoming::from(listener).with_nodelay(Some(true)), |accepted| {
+                accepted.map(Coalesce::new)
+            }),
             stop.clone().cancelled_owned(),
         );
 
