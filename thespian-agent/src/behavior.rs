@@ -417,7 +417,7 @@ impl Behavior {
             );
             return Err(fail_here(&mut span, name, message));
         }
-        let mut traceparent: AsciiMetadataValue = match span.cx().traceparent().parse() {
+        let mut traceparent = match AsciiMetadataValue::try_from(&span.cx().traceparent_bytes()[..]) {
             Ok(v) => v,
             Err(_) => unreachable_traceparent(),
         };

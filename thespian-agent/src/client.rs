@@ -263,10 +263,23 @@ impl Client {
             frames.feed(&chunk);
         }
         let trailers = poll_fn(|cx| body.poll_trailers(cx)).await.map_err(stream_error)?;
+        // The common case, `grpc-status: 0` with the one message, needs no `Status` (whose parsing copies
+        // the trailers into its own metadata, which `finish` would replace anyway).
+        let ok = trailers
+            .as_ref()
+            .and_then(|t| t.get(GRPC_STATUS))
+            .is_some_and(|v| v.as_bytes() == b"0");
         if let Some(trailers) = &trailers {
             for (name, value) in trailers {
                 headers.append(name.clone(), value.clone());
             }
+        }
+        if ok && frames.messages == 1 && !frames.partial() {
+            return Ok(Response::from_parts(
+                MetadataMap::from_headers(headers),
+                Nothing {},
+                tonic::Extensions::new(),
+            ));
         }
         let Some(status) = trailers.as_ref().and_then(Status::from_header_map) else {
             let status = Status::unknown(
@@ -360,6 +373,9 @@ fn code_of_http(status: http::StatusCode) -> Code {
         _ => Code::Unknown,
     }
 }
+
+/// The trailer holding a reply's status code.
+const GRPC_STATUS: &str = "grpc-status";
 
 /// The `grpc-timeout` metadata key.
 pub const GRPC_TIMEOUT: &str = "grpc-timeout";

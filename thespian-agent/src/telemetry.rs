@@ -62,12 +62,22 @@ impl SpanCx {
 
     /// This context as a `traceparent` header value.
     pub fn traceparent(&self) -> String {
-        format!(
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id,
-            self.span_id,
-            u8::from(self.sampled)
-        )
+        String::from_utf8_lossy(&self.traceparent_bytes()).into_owned()
+    }
+
+    /// The `traceparent` value's bytes, written without the formatting machinery (once per outgoing
+    /// call): `00-<32 hex>-<16 hex>-<2 hex>`, lowercase.
+    pub fn traceparent_bytes(&self) -> [u8; 55] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        for (i, digit) in out[3..35].iter_mut().enumerate() {
+            *digit = HEX[((self.trace_id >> (124 - 4 * i)) & 0xf) as usize];
+        }
+        for (i, digit) in out[36..52].iter_mut().enumerate() {
+            *digit = HEX[((self.span_id >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        out[54] = if self.sampled { b'1' } else { b'0' };
+        out
     }
 
     /// The trace id as 32 lowercase hex digits (how logs and backends show it).
@@ -445,6 +455,21 @@ mod tests {
         assert_eq!(cx.span_id, 0x00f067aa0ba902b7);
         assert!(cx.sampled);
         assert_eq!(cx.traceparent().as_bytes(), tp);
+        for _ in 0..100 {
+            let cx = SpanCx {
+                trace_id: fastrand::u128(1..),
+                span_id: fastrand::u64(1..),
+                sampled: fastrand::bool(),
+            };
+            let expected = format!(
+                "00-{:032x}-{:016x}-{:02x}",
+                cx.trace_id,
+                cx.span_id,
+                u8::from(cx.sampled)
+            );
+            assert_eq!(cx.traceparent(), expected);
+            assert_eq!(SpanCx::parse_traceparent(expected.as_bytes()), Some(cx));
+        }
         assert_eq!(cx.trace_id_hex().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
 
         for bad in [
