@@ -16,6 +16,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("thespian_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    tonic_prost_build::configure()
+        // Prost's codec with buffers sized for the empty messages (see `proto::Codec`).
+        .codec_path("crate::proto::Codec")
+        .compile_fds(fds)?;
     Ok(())
 }
