@@ -5,7 +5,7 @@
 #   RUNS=3 BIN=target/debug/thespctl RTT_MS=100 bench/aws.sh
 #
 # What it measures, each on a freshly reset moto with a new fleet:
-#   1. `up --no-wait` of a 1-thespian fleet and of a 20-thespian fleet (default --parallel 8, then
+#   1. `up --no-wait` of a 1-thespian fleet and of a 20-thespian fleet (--parallel 8, then the default
 #      --parallel 20): wall time and the CPU time moto spent meanwhile, median of RUNS.
 #      Goal: 20 thespians ≤ 1.5 × 1 thespian.
 #   2. The same two with RTT_MS (default 100) added to every call by the proxy, as a round trip to a
@@ -170,11 +170,11 @@ echo "bench/aws.sh: $runs runs per scenario, binary $bin" >&2
 for s in one twenty wide one-rtt twenty-rtt wide-rtt; do : >"$work/$s"; done
 for r in $(seq 1 "$runs"); do
   up_time "$endpoint" "one-$r" 1 >>"$work/one"
-  up_time "$endpoint" "twenty-$r" 20 >>"$work/twenty"
-  up_time "$endpoint" "wide-$r" 20 --parallel 20 >>"$work/wide"
+  up_time "$endpoint" "twenty-$r" 20 --parallel 8 >>"$work/twenty"
+  up_time "$endpoint" "wide-$r" 20 >>"$work/wide"
   up_time "http://127.0.0.1:$slow_port" "one-rtt-$r" 1 >>"$work/one-rtt"
-  up_time "http://127.0.0.1:$slow_port" "twenty-rtt-$r" 20 >>"$work/twenty-rtt"
-  up_time "http://127.0.0.1:$slow_port" "wide-rtt-$r" 20 --parallel 20 >>"$work/wide-rtt"
+  up_time "http://127.0.0.1:$slow_port" "twenty-rtt-$r" 20 --parallel 8 >>"$work/twenty-rtt"
+  up_time "http://127.0.0.1:$slow_port" "wide-rtt-$r" 20 >>"$work/wide-rtt"
 done
 
 # Describe calls per stack: the most within any 1 s window, over every stack of every thespctl run.
@@ -237,12 +237,12 @@ cat <<REPORT
 ## results: moto 5.2.5 on 127.0.0.1 behind a counting proxy; $(nproc) CPUs; median of $runs runs; moto reset before each
                                                     wall       moto CPU
 up, 1 thespian (environment + 1 service stack):     ${m1} s    ${c1} s   (the service stack alone: ${svc_one} s)
-up, 20 thespians, --parallel 8 (default):           ${m20} s    ${c20} s   ($(div "$m20" "$m1" "%.2f")x the 1-thespian up)
-up, 20 thespians, --parallel 20:                    ${m20w} s    ${c20w} s   ($(div "$m20w" "$m1" "%.2f")x)
+up, 20 thespians, --parallel 8:                     ${m20} s    ${c20} s   ($(div "$m20" "$m1" "%.2f")x the 1-thespian up)
+up, 20 thespians, --parallel 20 (default):          ${m20w} s    ${c20w} s   ($(div "$m20w" "$m1" "%.2f")x)
 with ${rtt} ms added to every call:
 up, 1 thespian:                                     ${r1} s
 up, 20 thespians, --parallel 8:                     ${r20} s              ($(div "$r20" "$r1" "%.2f")x)
-up, 20 thespians, --parallel 20:                    ${r20w} s              ($(div "$r20w" "$r1" "%.2f")x)
+up, 20 thespians, --parallel 20 (default):          ${r20w} s              ($(div "$r20w" "$r1" "%.2f")x)
 describe calls per stack, worst 1 s window:         ${worst_window}   (over ${stacks_seen} stacks; ${per_stack} per stack in all)
-sequential 'aws cloudformation deploy' loop, 21 stacks: ${cli} s   ($(div "$cli" "$m20" "%.1f")x thespctl up of 20 thespians)
+sequential 'aws cloudformation deploy' loop, 21 stacks: ${cli} s   ($(div "$cli" "$m20w" "%.1f")x thespctl up of 20 thespians)
 REPORT

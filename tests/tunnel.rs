@@ -602,6 +602,32 @@ impl Drop for Child {
     }
 }
 
+/// The first line the child prints on stdout (piped): `tunnel`'s readiness signal.
+async fn first_line(child: &mut Child) -> String {
+    let stdout = child.0.stdout.take().expect("stdout piped");
+    tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap()
+}
+
+/// Ctrl-C (SIGINT) to the child; its exit status and everything it wrote on stderr (piped).
+async fn interrupt(mut child: Child) -> (std::process::ExitStatus, String) {
+    let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    tokio::task::spawn_blocking(move || {
+        let status = support::wait_timeout(&mut child.0, Duration::from_secs(20)).expect("exit after Ctrl-C");
+        let mut err = String::new();
+        child.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        (status, err)
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_terminates_the_session_in_band_and_by_api_then_exits_0() {
     let (double, _echo) = double_with(|_| {}).await;
@@ -621,14 +647,7 @@ async fn ctrl_c_terminates_the_session_in_band_and_by_api_then_exits_0() {
             .unwrap(),
     );
     // Readiness: the JSON line is printed once the tunnel forwards.
-    let stdout = child.0.stdout.take().unwrap();
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        line
-    })
-    .await
-    .unwrap();
+    let line = first_line(&mut child).await;
     let facts: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
     assert_eq!(facts["instance_id"], "i-0123456789abcdef0");
     assert_eq!(facts["remote_port"], 8080);
@@ -637,16 +656,7 @@ async fn ctrl_c_terminates_the_session_in_band_and_by_api_then_exits_0() {
     assert_eq!(addr.ip().to_string(), "127.0.0.1", "loopback only by default");
     echo_through(addr, 1000, 128 * 1024, None).await;
 
-    let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
-    let status = tokio::task::spawn_blocking(move || {
-        let status = support::wait_timeout(&mut child.0, Duration::from_secs(20)).expect("exit after Ctrl-C");
-        let mut err = String::new();
-        child.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-        (status, err)
-    })
-    .await
-    .unwrap();
+    let status = interrupt(child).await;
     assert_eq!(status.0.code(), Some(0), "stderr: {}", status.1);
     let r = double.records();
     let id = facts["session_id"].as_str().unwrap();
@@ -682,14 +692,7 @@ async fn the_human_output_names_the_forwarding_and_the_close() {
             .spawn()
             .unwrap(),
     );
-    let stdout = child.0.stdout.take().unwrap();
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        line
-    })
-    .await
-    .unwrap();
+    let line = first_line(&mut child).await;
     let rest = line
         .strip_prefix("forwarding 127.0.0.1:")
         .unwrap_or_else(|| panic!("{line:?}"));
@@ -698,16 +701,7 @@ async fn the_human_output_names_the_forwarding_and_the_close() {
             .ends_with(" → db.internal:5432 via i-0123456789abcdef0"),
         "{line:?}"
     );
-    let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
-    let (status, err) = tokio::task::spawn_blocking(move || {
-        let status = support::wait_timeout(&mut child.0, Duration::from_secs(20)).expect("exit after Ctrl-C");
-        let mut err = String::new();
-        child.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-        (status, err)
-    })
-    .await
-    .unwrap();
+    let (status, err) = interrupt(child).await;
     assert_eq!(status.code(), Some(0), "{err}");
     assert!(err.contains("press Ctrl-C to stop"), "{err}");
     assert!(
@@ -1067,14 +1061,7 @@ async fn spawn_binary_tunnel(double: &SsmDouble) -> (Child, SocketAddr) {
             .spawn()
             .unwrap(),
     );
-    let stdout = child.0.stdout.take().unwrap();
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        line
-    })
-    .await
-    .unwrap();
+    let line = first_line(&mut child).await;
     let facts: serde_json::Value = serde_json::from_str(&line).unwrap();
     let addr = facts["local_address"].as_str().unwrap().parse().unwrap();
     (child, addr)

@@ -749,82 +749,19 @@ async fn deploy_stack_inner(
     };
     if let (Decision::Recreate(status), Some(stack)) = (&decision, &existing) {
         line.set(&format!("deleting ({status})"));
-        let cursor = run.cursor(&stack.id, label, &mut pacer).await?;
-        let tok = token("thespctl-delete");
-        run.cfn.delete_stack(&stack.id, label, &tok).await?;
-        match run
-            .watch(
-                WatchSpec {
-                    stack_id: &stack.id,
-                    label,
-                    kind: OpKind::Delete,
-                    cursor: cursor.as_deref(),
-                    token: Some(&tok),
-                },
-                line,
-                &mut pacer,
-            )
-            .await?
-        {
-            Err(stop) => {
-                line.abandon("deleting (still in progress)");
-                return Ok(Outcome::Stopped {
-                    report: stack_report(spec, action),
-                    stop,
-                    running: true,
-                });
-            }
-            Ok((status, op)) if !OpKind::Delete.succeeded(&status) => {
-                line.finish(false, &status);
-                let mut report = stack_report(spec, action);
-                report.status = Some(status.clone());
-                return Ok(Outcome::Failed {
-                    report,
-                    failure: op_failure(&spec.name, &status, &op),
-                });
-            }
-            Ok(_) => existing = None,
+        let recovery = Recovery::Delete;
+        if let Some(outcome) = recover(run, spec, action, &stack.id, recovery, line, &mut pacer).await? {
+            return Ok(outcome);
         }
+        existing = None;
     }
 
     // UPDATE_ROLLBACK_FAILED: finish the rollback first.
     if let (Decision::ContinueRollback, Some(stack)) = (&decision, &existing) {
         line.set("continuing the rollback");
-        let cursor = run.cursor(&stack.id, label, &mut pacer).await?;
-        let tok = token("thespctl-rollback");
-        run.cfn.continue_update_rollback(&stack.id, label, &tok).await?;
-        match run
-            .watch(
-                WatchSpec {
-                    stack_id: &stack.id,
-                    label,
-                    kind: OpKind::ContinueRollback,
-                    cursor: cursor.as_deref(),
-                    token: Some(&tok),
-                },
-                line,
-                &mut pacer,
-            )
-            .await?
-        {
-            Err(stop) => {
-                line.abandon("continuing the rollback (still in progress)");
-                return Ok(Outcome::Stopped {
-                    report: stack_report(spec, action),
-                    stop,
-                    running: true,
-                });
-            }
-            Ok((status, op)) if !OpKind::ContinueRollback.succeeded(&status) => {
-                line.finish(false, &status);
-                let mut report = stack_report(spec, action);
-                report.status = Some(status.clone());
-                return Ok(Outcome::Failed {
-                    report,
-                    failure: op_failure(&spec.name, &status, &op),
-                });
-            }
-            Ok(_) => {}
+        let recovery = Recovery::ContinueRollback;
+        if let Some(outcome) = recover(run, spec, action, &stack.id, recovery, line, &mut pacer).await? {
+            return Ok(outcome);
         }
     }
 
@@ -951,6 +888,86 @@ async fn deploy_stack_inner(
         stack,
         started: op.started_at(),
     })
+}
+
+/// A recovery operation `up` runs before its change set.
+#[derive(Clone, Copy)]
+enum Recovery {
+    /// Delete a stack stuck after a failed create (`ROLLBACK_COMPLETE` and the like), then create it.
+    Delete,
+    /// Finish the rollback of a stack in `UPDATE_ROLLBACK_FAILED`, then update it.
+    ContinueRollback,
+}
+
+impl Recovery {
+    fn kind(self) -> OpKind {
+        match self {
+            Recovery::Delete => OpKind::Delete,
+            Recovery::ContinueRollback => OpKind::ContinueRollback,
+        }
+    }
+
+    /// What the stack's line says when the wait stops with the operation still running.
+    fn in_progress(self) -> &'static str {
+        match self {
+            Recovery::Delete => "deleting (still in progress)",
+            Recovery::ContinueRollback => "continuing the rollback (still in progress)",
+        }
+    }
+}
+
+/// Starts a recovery operation on `stack_id` and watches it to its end: `None` when it succeeded (go on
+/// with the change set), else the stack's outcome.
+async fn recover(
+    run: &Run<'_>,
+    spec: &StackSpec,
+    action: StackAction,
+    stack_id: &str,
+    recovery: Recovery,
+    line: &Line,
+    pacer: &mut Pacer,
+) -> std::result::Result<Option<Outcome>, AwsError> {
+    let label = spec.name.as_str();
+    let cursor = run.cursor(stack_id, label, pacer).await?;
+    let tok = match recovery {
+        Recovery::Delete => {
+            let tok = token("thespctl-delete");
+            run.cfn.delete_stack(stack_id, label, &tok).await?;
+            tok
+        }
+        Recovery::ContinueRollback => {
+            let tok = token("thespctl-rollback");
+            run.cfn.continue_update_rollback(stack_id, label, &tok).await?;
+            tok
+        }
+    };
+    let watch = WatchSpec {
+        stack_id,
+        label,
+        kind: recovery.kind(),
+        cursor: cursor.as_deref(),
+        token: Some(&tok),
+    };
+    match run.watch(watch, line, pacer).await? {
+        Err(stop) => {
+            line.abandon(recovery.in_progress());
+            Ok(Some(Outcome::Stopped {
+                report: stack_report(spec, action),
+                stop,
+                running: true,
+            }))
+        }
+        Ok((status, op)) if !recovery.kind().succeeded(&status) => {
+            line.finish(false, &status);
+            let mut report = stack_report(spec, action);
+            report.status = Some(status.clone());
+            Ok(Some(Outcome::Failed {
+                report,
+                failure: op_failure(&spec.name, &status, &op),
+            }))
+        }
+        Ok(_) => Ok(None),
+    }
 }
 
 struct ChangeSet {
