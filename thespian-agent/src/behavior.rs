@@ -16,7 +16,7 @@ use opentelemetry::trace::SpanKind;
 use tonic::Code;
 use tonic::metadata::{AsciiMetadataValue, MetadataMap, MetadataValue};
 
-use crate::client::{self, GRPC_TIMEOUT};
+use crate::client;
 use crate::config::{self, Action, Config, GrpcMethod, Operation};
 use crate::resolve::{ResolveMap, Resolver};
 use crate::telemetry::{Span, SpanCx, Tracer};
@@ -25,6 +25,22 @@ use crate::telemetry::{Span, SpanCx, Tracer};
 pub const MAX_HOPS: u32 = 16;
 /// Request metadata: how many Thespian hops the request has travelled.
 pub const HOPS_HEADER: &str = "x-thespian-hops";
+/// The metadata keys read or written on every request, parsed once (a key given as a `&str` is parsed
+/// and validated on each lookup or insert).
+pub(crate) mod keys {
+    use std::sync::LazyLock;
+
+    use tonic::metadata::AsciiMetadataKey;
+
+    pub static TRACEPARENT: LazyLock<AsciiMetadataKey> =
+        LazyLock::new(|| AsciiMetadataKey::from_static("traceparent"));
+    pub static TRACESTATE: LazyLock<AsciiMetadataKey> =
+        LazyLock::new(|| AsciiMetadataKey::from_static("tracestate"));
+    pub static HOPS: LazyLock<AsciiMetadataKey> =
+        LazyLock::new(|| AsciiMetadataKey::from_static(super::HOPS_HEADER));
+    pub static GRPC_TIMEOUT: LazyLock<AsciiMetadataKey> =
+        LazyLock::new(|| AsciiMetadataKey::from_static(crate::client::GRPC_TIMEOUT));
+}
 /// Response metadata set by every Thespian; it marks a failure as already logged by the callee.
 pub const SERVICE_HEADER: &str = "x-thespian-service";
 /// Error messages are capped so a failure that travels up a long chain cannot grow without bound.
@@ -446,12 +462,12 @@ impl Behavior {
                 return Err(fail_here(&mut span, name, message));
             }
             let mut md = MetadataMap::with_capacity(4);
-            md.insert("traceparent", traceparent.clone());
+            md.insert(&*keys::TRACEPARENT, traceparent.clone());
             if let Some(state) = &incoming.tracestate {
-                md.insert("tracestate", state.clone());
+                md.insert(&*keys::TRACESTATE, state.clone());
             }
-            md.insert(HOPS_HEADER, hops.clone());
-            md.insert(GRPC_TIMEOUT, client::grpc_timeout(limit));
+            md.insert(&*keys::HOPS, hops.clone());
+            md.insert(&*keys::GRPC_TIMEOUT, client::grpc_timeout(limit));
             // The callee enforces the `grpc-timeout` it receives (a tonic server answers CANCELLED when it
             // expires); this timeout also covers connecting, and whichever fires first wins.
             let send = async {

@@ -15,7 +15,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
-use crate::behavior::{Behavior, BuildError, HOPS_HEADER, Incoming, MAX_HOPS, SERVICE_HEADER};
+use crate::behavior::{Behavior, BuildError, HOPS_HEADER, Incoming, MAX_HOPS, SERVICE_HEADER, keys};
 use crate::coalesce::Coalesce;
 use crate::config::GrpcMethod;
 use crate::env::Settings;
@@ -83,7 +83,7 @@ impl Agent {
         request: Request<Nothing>,
     ) -> Result<Response<Nothing>, Status> {
         let md = request.metadata();
-        let hops = match md.get(HOPS_HEADER) {
+        let hops = match md.get(&*keys::HOPS) {
             None => 0,
             Some(v) => v
                 .to_str()
@@ -99,7 +99,7 @@ impl Agent {
                  (a CallService chain that leads back to a Thespian it came from)"
             );
             match md
-                .get("traceparent")
+                .get(&*keys::TRACEPARENT)
                 .and_then(|v| SpanCx::parse_traceparent(v.as_bytes()))
             {
                 Some(cx) => {
@@ -116,9 +116,9 @@ impl Agent {
         }
         let incoming = Incoming {
             parent: md
-                .get("traceparent")
+                .get(&*keys::TRACEPARENT)
                 .and_then(|v| SpanCx::parse_traceparent(v.as_bytes())),
-            tracestate: md.get("tracestate").cloned(),
+            tracestate: md.get(&*keys::TRACESTATE).cloned(),
             deadline: grpc_timeout(md).map(|d| Instant::now() + d),
             hops,
         };
@@ -144,7 +144,7 @@ impl Thespian for Agent {
 
 /// The `grpc-timeout` header (`<up to 8 digits><H|M|S|m|u|n>`), the caller's deadline.
 fn grpc_timeout(md: &MetadataMap) -> Option<Duration> {
-    let value = md.get("grpc-timeout")?.to_str().ok()?;
+    let value = md.get(&*keys::GRPC_TIMEOUT)?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 {
         return None;
