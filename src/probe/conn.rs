@@ -109,7 +109,8 @@ async fn open(ep: &Endpoint, connect_timeout: Duration) -> Result<Client, ProbeE
         return Ok(Client::Tls(ThespianClient::new(channel)));
     }
     let uri: http::Uri = ep.uri.parse().map_err(|e| bad_endpoint(ep, e))?;
-    let conn = client::dial(&uri, Some(connect_timeout))
+    // The engine starts a pass's requests together, so they already leave in one write.
+    let conn = client::dial_with(&uri, Some(connect_timeout), client::Batching::Immediate)
         .await
         .map_err(|e| failed(Box::new(e)))?;
     let client = H2Client::new(conn, &uri).map_err(|e| bad_endpoint(ep, e))?;

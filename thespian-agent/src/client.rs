@@ -64,9 +64,31 @@ pub enum DialError {
 }
 
 /// Opens a TCP connection (TCP_NODELAY: small requests must not wait for Nagle; the connection's own
-/// writes are batched by [`Coalesce`](crate::coalesce::Coalesce)) and performs the HTTP/2 handshake, within `timeout` when one is given (without, the caller bounds the whole call). The
-/// connection's task is spawned on the current runtime.
+/// writes are batched by [`Coalesce`](crate::coalesce::Coalesce)) and performs the HTTP/2 handshake,
+/// within `timeout` when one is given (without, the caller bounds the whole call). The connection's task
+/// is spawned on the current runtime.
 pub async fn dial(uri: &http::Uri, timeout: Option<Duration>) -> Result<Connection, DialError> {
+    dial_with(uri, timeout, Batching::Coalesce).await
+}
+
+/// How a connection's writes are batched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Batching {
+    /// Hold a busy connection's writes for one scheduler pass ([`Coalesce`](crate::coalesce::Coalesce)):
+    /// right for the agent, whose requests are started by many independent tasks.
+    Coalesce,
+    /// Write as soon as the connection task runs: right for a caller that already starts its requests in
+    /// batches on one thread (`thespctl probe`'s engine), where holding only delays them (measured with
+    /// `bench/probe.sh`: about 1 µs more client CPU per request and a lower rate).
+    Immediate,
+}
+
+/// [`dial`] with a choice of [`Batching`].
+pub async fn dial_with(
+    uri: &http::Uri,
+    timeout: Option<Duration>,
+    batching: Batching,
+) -> Result<Connection, DialError> {
     let host = uri.host().ok_or_else(|| DialError::NoHost { uri: uri.clone() })?;
     // `[::1]` in a URI is `::1` to the resolver.
     let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -80,7 +102,10 @@ pub async fn dial(uri: &http::Uri, timeout: Option<Duration>) -> Result<Connecti
             // Replies are tiny; a larger window only matters to peers behind slow links.
             .initial_window_size(1 << 20)
             .initial_connection_window_size(1 << 22)
-            .handshake::<_, Bytes>(crate::coalesce::Coalesce::new(tcp))
+            .handshake::<_, Bytes>(match batching {
+                Batching::Coalesce => crate::coalesce::Coalesce::new(tcp),
+                Batching::Immediate => crate::coalesce::Coalesce::with_window(tcp, Duration::ZERO),
+            })
             .await
             .map_err(DialError::Handshake)?;
         let closed = Arc::new(AtomicBool::new(false));
