@@ -324,9 +324,10 @@ pub struct ProbeArgs {
     #[arg(long)]
     pub connections: Option<u32>,
 
-    /// Load mode: client threads, each driving its share of the connections (like h2load -t)
-    #[arg(long, default_value_t = 1)]
-    pub threads: u32,
+    /// Load mode: client threads, each driving its share of the connections (like h2load -t) [default:
+    /// one per CPU, at most one per connection]
+    #[arg(long)]
+    pub threads: Option<u32>,
 
     /// Open loop: at most this many requests outstanding. A request due while the cap is reached starts
     /// as soon as one finishes (its latency still counts from its due time); one whose deadline passes
