@@ -795,25 +795,8 @@ async fn deploy_stack_inner(
         });
     }
     if change_set.info.status == "FAILED" {
-        let reason = change_set
-            .info
-            .status_reason
-            .clone()
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        cleanup_failed_create(run, spec, &change_set, create).await;
-        line.finish(false, "change set failed");
-        let mut report = stack_report(spec, action);
-        report.note = Some(reason.clone());
-        return Ok(Outcome::Failed {
-            report,
-            failure: Failure {
-                subject: format!("stack {}", spec.name),
-                summary: "its change set failed".into(),
-                causes: vec![reason],
-            },
-        });
+        let report = stack_report(spec, action);
+        return Ok(change_set_failed(run, spec, &change_set, create, line, report).await);
     }
 
     // Execute and watch.
@@ -1012,6 +995,36 @@ async fn make_change_set(
     }
 }
 
+/// A change set CloudFormation could not create (a template or parameter error): cleans up the stack it
+/// left behind if this run made it, and reports the reason (`up` and `plan` alike).
+async fn change_set_failed(
+    run: &Run<'_>,
+    spec: &StackSpec,
+    change_set: &ChangeSet,
+    made_here: bool,
+    line: &Line,
+    mut report: StackReport,
+) -> Outcome {
+    let reason = change_set
+        .info
+        .status_reason
+        .as_deref()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    cleanup_failed_create(run, spec, change_set, made_here).await;
+    line.finish(false, "change set failed");
+    report.note = Some(reason.clone());
+    Outcome::Failed {
+        report,
+        failure: Failure {
+            subject: format!("stack {}", spec.name),
+            summary: "its change set failed".into(),
+            causes: vec![reason],
+        },
+    }
+}
+
 /// A failed or planned CREATE change set leaves a stack in REVIEW_IN_PROGRESS with no resources:
 /// remove it so that nothing of a `plan` stays behind.
 async fn cleanup_failed_create(run: &Run<'_>, spec: &StackSpec, change_set: &ChangeSet, create: bool) {
@@ -1099,24 +1112,7 @@ async fn plan_stack(
         });
     }
     if change_set.info.status == "FAILED" {
-        let reason = change_set
-            .info
-            .status_reason
-            .clone()
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        cleanup_failed_create(run, spec, &change_set, made_here).await;
-        line.finish(false, "change set failed");
-        report.note = Some(reason.clone());
-        return Ok(Outcome::Failed {
-            report,
-            failure: Failure {
-                subject: format!("stack {}", spec.name),
-                summary: "its change set failed".into(),
-                causes: vec![reason],
-            },
-        });
+        return Ok(change_set_failed(run, spec, &change_set, made_here, line, report).await);
     }
     report.action = if create {
         StackAction::Create
