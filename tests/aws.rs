@@ -719,15 +719,8 @@ fn ctrl_c_while_waiting_exits_130_and_names_what_is_still_running() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn up");
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let stderr = child.stderr.take().expect("stderr");
-    let mut guard = Kill(child);
+    let mut guard = support::KillOnDrop(child);
     let mut lines = BufReader::new(stderr).lines();
     let mut seen = Vec::new();
     // Readiness: the wait has started once a service's progress line is printed.

@@ -30,11 +30,9 @@ struct Fleet {
 impl Fleet {
     /// A copy of `examples/NAME/` (manifest and any config files it points at).
     fn example(name: &str) -> Fleet {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name);
-        let dir = support::tempdir();
-        copy_dir(&src, dir.path());
+        let dir = support::example_copy(name);
         let manifest = dir.path().join("thespian.yaml");
-        assert!(manifest.exists(), "{} has no thespian.yaml", src.display());
+        assert!(manifest.exists(), "examples/{name} has no thespian.yaml");
         Fleet {
             dir,
             manifest,
@@ -175,24 +173,6 @@ struct Replica {
     pid: i32,
     start_time: u64,
     port: u16,
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    for entry in std::fs::read_dir(from).expect("read example dir") {
-        let entry = entry.expect("dir entry");
-        // A developer who ran an example has its `.thespctl/` there: copying it would hand this test the
-        // state (pids, ports) of a fleet that is not its own.
-        if entry.file_name() == ".thespctl" {
-            continue;
-        }
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("file type").is_dir() {
-            std::fs::create_dir_all(&target).expect("mkdir");
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
 }
 
 /// `/proc/<pid>/stat`: (state, start time), if the process exists.

@@ -493,15 +493,7 @@ struct LocalFleet {
 
 impl LocalFleet {
     fn new() -> LocalFleet {
-        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/gilbert-yorick");
-        let dir = support::tempdir();
-        // Files only: a developer who ran the README's command has a `.thespctl/` state directory there.
-        for entry in std::fs::read_dir(&src).unwrap() {
-            let entry = entry.unwrap();
-            if entry.file_type().unwrap().is_file() {
-                std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-            }
-        }
+        let dir = support::example_copy("gilbert-yorick");
         let manifest = dir.path().join("thespian.yaml");
         LocalFleet { dir, manifest }
     }

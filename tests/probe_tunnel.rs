@@ -166,16 +166,6 @@ impl Fleet {
     }
 }
 
-/// Kills a child process when the test ends, whatever happens.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn credentials() -> Vec<(&'static str, &'static str)> {
     vec![
         ("AWS_ACCESS_KEY_ID", KEY),
@@ -959,7 +949,7 @@ async fn ctrl_c_in_a_load_run_prints_the_partial_results_and_still_closes_the_se
         ],
     );
     let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut child = KillOnDrop(child);
+    let mut child = support::KillOnDrop(child);
     // Readiness: requests flowing through the session (a few hundred client messages acknowledged by
     // the agent side, far more than setting up the connections takes).
     double

@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use ssm_double::{Config, Echo, SsmDouble};
+use support::KillOnDrop;
 use thespctl::target::aws::tunnel::{self, Options, SessionEvent, Tunnel, TunnelError, TunnelTarget};
 
 const SECRET: &str = "double-secret-key";
@@ -592,18 +593,20 @@ fn tunnel_cmd(endpoint: &str) -> std::process::Command {
     cmd
 }
 
-/// Kills the child when the test ends, whatever happens.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// `thespctl tunnel ARGS…` against the double, stdout piped (its first line is the readiness signal).
+fn spawn_tunnel(double: &SsmDouble, args: &[&str], stderr: Stdio) -> KillOnDrop {
+    KillOnDrop(
+        tunnel_cmd(&double.api_url)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// The first line the child prints on stdout (piped): `tunnel`'s readiness signal.
-async fn first_line(child: &mut Child) -> String {
+async fn first_line(child: &mut KillOnDrop) -> String {
     let stdout = child.0.stdout.take().expect("stdout piped");
     tokio::task::spawn_blocking(move || {
         let mut line = String::new();
@@ -615,7 +618,7 @@ async fn first_line(child: &mut Child) -> String {
 }
 
 /// Ctrl-C (SIGINT) to the child; its exit status and everything it wrote on stderr (piped).
-async fn interrupt(mut child: Child) -> (std::process::ExitStatus, String) {
+async fn interrupt(mut child: KillOnDrop) -> (std::process::ExitStatus, String) {
     let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
     tokio::task::spawn_blocking(move || {
@@ -631,20 +634,17 @@ async fn interrupt(mut child: Child) -> (std::process::ExitStatus, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_terminates_the_session_in_band_and_by_api_then_exits_0() {
     let (double, _echo) = double_with(|_| {}).await;
-    let mut child = Child(
-        tunnel_cmd(&double.api_url)
-            .args([
-                "--instance",
-                "i-0123456789abcdef0",
-                "--remote-port",
-                "8080",
-                "--output",
-                "json",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+    let mut child = spawn_tunnel(
+        &double,
+        &[
+            "--instance",
+            "i-0123456789abcdef0",
+            "--remote-port",
+            "8080",
+            "--output",
+            "json",
+        ],
+        Stdio::piped(),
     );
     // Readiness: the JSON line is printed once the tunnel forwards.
     let line = first_line(&mut child).await;
@@ -677,20 +677,17 @@ async fn ctrl_c_terminates_the_session_in_band_and_by_api_then_exits_0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_human_output_names_the_forwarding_and_the_close() {
     let (double, _echo) = double_with(|_| {}).await;
-    let mut child = Child(
-        tunnel_cmd(&double.api_url)
-            .args([
-                "--instance",
-                "i-0123456789abcdef0",
-                "--remote-port",
-                "5432",
-                "--remote-host",
-                "db.internal",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+    let mut child = spawn_tunnel(
+        &double,
+        &[
+            "--instance",
+            "i-0123456789abcdef0",
+            "--remote-port",
+            "5432",
+            "--remote-host",
+            "db.internal",
+        ],
+        Stdio::piped(),
     );
     let line = first_line(&mut child).await;
     let rest = line
@@ -1045,21 +1042,18 @@ fn clock_ticks() -> f64 {
 }
 
 /// The real binary forwarding to the double; returns the child and its local address.
-async fn spawn_binary_tunnel(double: &SsmDouble) -> (Child, SocketAddr) {
-    let mut child = Child(
-        tunnel_cmd(&double.api_url)
-            .args([
-                "--instance",
-                "i-0bench",
-                "--remote-port",
-                "80",
-                "--output",
-                "json",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
+async fn spawn_binary_tunnel(double: &SsmDouble) -> (KillOnDrop, SocketAddr) {
+    let mut child = spawn_tunnel(
+        double,
+        &[
+            "--instance",
+            "i-0bench",
+            "--remote-port",
+            "80",
+            "--output",
+            "json",
+        ],
+        Stdio::inherit(),
     );
     let line = first_line(&mut child).await;
     let facts: serde_json::Value = serde_json::from_str(&line).unwrap();

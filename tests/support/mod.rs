@@ -124,6 +124,46 @@ pub fn venv() -> PathBuf {
     )
 }
 
+/// A child process killed (and reaped) when the test ends, whatever happens.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A fresh directory holding a copy of `examples/NAME/` (the manifest and any config files it points at),
+/// removed when dropped.
+pub fn example_copy(name: &str) -> tempfile::TempDir {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(name);
+    let dir = tempdir();
+    copy_tree(&src, dir.path());
+    dir
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    let read = std::fs::read_dir(from).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+    for entry in read {
+        let entry = entry.expect("dir entry");
+        // A developer who ran an example has its `.thespctl/` there: copying it would hand the test the
+        // state (pids, ports) of a fleet that is not its own.
+        if entry.file_name() == ".thespctl" {
+            continue;
+        }
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            std::fs::create_dir_all(&target).expect("mkdir");
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
 /// A fresh directory for a test fleet (removed when dropped).
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new()
