@@ -616,6 +616,23 @@ fn a_name_resolves_through_the_local_fleet_and_spreads_over_its_replicas() {
 }
 
 #[test]
+fn probing_a_fleet_that_is_not_up_is_bad_input_that_says_to_run_up() {
+    let fleet = LocalFleet::new();
+    let out = fleet.cmd("probe", &["yorick"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("nothing is running for fleet `gilbert-yorick`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("run `thespctl up` first"), "{stderr}");
+    assert!(
+        !fleet.dir.path().join(".thespctl/state.json").exists(),
+        "a probe must not create fleet state"
+    );
+}
+
+#[test]
 fn replacing_replicas_during_an_open_loop_run_fails_no_request() {
     let fleet = LocalFleet::new();
     fleet.up();
